@@ -1,0 +1,43 @@
+# One entry point per thing a person does. `make test` is what CI runs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: install replay test unit lint typecheck validate pr clean
+
+$(STAMP): requirements.txt functions/requirements.txt ray_hooks/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Replay a spot warning against an embedded local Ray cluster (no AWS account needed).
+replay: $(STAMP)
+	$(BIN)/spot-responder replay events/spot-interruption-terminate.json
+
+## The whole test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/contract
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+validate: $(STAMP)
+	SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint
+	$(BIN)/cfn-lint template.yaml
+
+pr: lint typecheck validate test
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
