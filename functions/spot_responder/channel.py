@@ -1,0 +1,22 @@
+"""The port to a Ray cluster's head node: one request in, one response out."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from spot_responder.contract import ClusterResponse
+
+
+class ChannelUnavailable(RuntimeError):
+    """A passing failure: head not found or unreachable, command failed or timed out.
+
+    The notices it carried are retried.
+    """
+
+
+class ClusterRefused(RuntimeError):
+    """The head node refused the request as invalid (it can never succeed)."""
+
+
+class ClusterChannel(Protocol):
+    def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse: ...

@@ -1,0 +1,82 @@
+"""How the CLI shows notices and ledger entries to people (text) and programs (JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spot_responder.ledger import JobHit, LedgerEntry
+from spot_responder.responder import BatchReport, NoticeReport
+
+
+def notice_json(report: NoticeReport) -> dict[str, Any]:
+    data = entry_json(report.entry)
+    data["duplicate"] = report.duplicate
+    return data
+
+
+def entry_json(entry: LedgerEntry) -> dict[str, Any]:
+    data = entry.to_dict()
+    data["notice_key"] = data.pop("key")
+    data["action"] = entry.status.value
+    data["decision"] = entry.action
+    data["deadline"] = entry.drain_deadline
+    return data
+
+
+def replay_table(report: BatchReport, *, elapsed_s: float, ledger: Path) -> str:
+    lines = [f"{'INSTANCE':<21} {'KIND':<26} {'ACTION':<17} {'RAY NODE':<10} {'DEADLINE':<14} JOBS"]
+    for item in report.notices:
+        entry = item.entry
+        action = "duplicate" if item.duplicate else entry.status.value
+        lines.append(
+            f"{entry.instance_id or '-':<21} {_kind(entry):<26} {action:<17} "
+            f"{(entry.ray_node_id or '-')[:8]:<10} {_clock(entry.drain_deadline):<14} "
+            f"{_jobs(entry)}"
+        )
+        if entry.reason:
+            lines.append(f"{'':<21} └ {entry.reason}")
+    lines.append("")
+    lines.append(
+        f"{len(report.notices)} notice(s), {report.requests_sent} cluster request(s), "
+        f"{elapsed_s:.2f} s; ledger: {ledger}"
+    )
+    return "\n".join(lines)
+
+
+def ledger_table(entries: list[LedgerEntry]) -> str:
+    lines = [f"{'RECORDED':<20} {'INSTANCE':<21} {'KIND':<26} {'STATUS':<17} {'CLUSTER':<14} JOBS"]
+    for entry in entries:
+        lines.append(
+            f"{entry.recorded_at[:19]:<20} {entry.instance_id or '-':<21} {_kind(entry):<26} "
+            f"{entry.status.value:<17} {(entry.cluster or '-')[:14]:<14} {_jobs(entry)}"
+        )
+    return "\n".join(lines) if entries else "the ledger is empty"
+
+
+def jobs_table(hits: list[JobHit]) -> str:
+    lines = [f"{'CLUSTER':<14} {'JOB':<10} {'RECORDED':<20} {'INSTANCE':<21} {'STATUS':<17} WORK"]
+    for hit in hits:
+        work = (
+            f"{hit.impact.get('tasks_running', 0)} task(s), "
+            f"{hit.impact.get('actors_alive', 0)} actor(s)"
+        )
+        verdict = hit.impact.get("verdict")
+        lines.append(
+            f"{hit.cluster[:14]:<14} {hit.job_id:<10} {hit.recorded_at[:19]:<20} "
+            f"{hit.instance_id or '-':<21} {hit.status:<17} {work}"
+            + (f"  {verdict}" if verdict else "")
+        )
+    return "\n".join(lines) if hits else "no job was hit"
+
+
+def _kind(entry: LedgerEntry) -> str:
+    return f"{entry.kind}:{entry.detail}" if entry.detail else entry.kind
+
+
+def _jobs(entry: LedgerEntry) -> str:
+    return ",".join(str(j.get("job_id")) for j in entry.impacted_jobs) or "-"
+
+
+def _clock(moment: str | None) -> str:
+    return "-" if not moment else moment[11:23]

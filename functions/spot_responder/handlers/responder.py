@@ -1,0 +1,127 @@
+"""Lambda: SQS batch of EventBridge notices → Responder → partial batch response."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes import SQSEvent
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from spot_responder.adapters.channel_ssm import SsmClusterChannel
+from spot_responder.adapters.instances_ec2 import Ec2Directory
+from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
+from spot_responder.ledger import Status, parse_iso
+from spot_responder.observability import logger, metrics, tracer
+from spot_responder.responder import BatchReport, InboundRecord, RecordStatus, Responder
+from spot_responder.settings import Settings
+
+# Every record fails alike when a cluster is down: report them all for retry rather
+# than failing the invocation.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+class NoticeNotHandledYet(Exception):
+    """Raised for a record that failed for a passing reason: the queue delivers it again."""
+
+
+@lru_cache(maxsize=1)
+def aws_responder() -> Responder:
+    settings = Settings.from_env()
+    if not settings.ledger_table or not settings.respond_document:
+        raise RuntimeError("LEDGER_TABLE and RESPOND_DOCUMENT must be set")
+    directory = Ec2Directory(boto3.client("ec2"))
+    channel = SsmClusterChannel(
+        boto3.client("ssm"),
+        directory,
+        settings.respond_document,
+        timeout_s=settings.command_timeout_s,
+    )
+    ledger = DynamoDbLedger(boto3.resource("dynamodb").Table(settings.ledger_table))
+    return Responder(directory=directory, channel=channel, ledger=ledger, settings=settings)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler
+def lambda_handler(
+    event: dict[str, Any], context: LambdaContext, responder: Responder | None = None
+) -> dict[str, Any]:
+    response, _ = respond(event, context, responder or aws_responder())
+    return response
+
+
+def respond(
+    event: dict[str, Any],
+    context: LambdaContext | None,
+    responder: Responder,
+    *,
+    retime: bool = False,
+) -> tuple[dict[str, Any], BatchReport]:
+    """The whole handler, also used by the local replay."""
+    records = [
+        InboundRecord(
+            message_id=record.message_id,
+            body=record.body,
+            receive_count=int(record.attributes.approximate_receive_count or "1"),
+        )
+        for record in SQSEvent(event).records
+    ]
+    report = responder.handle(records, retime=retime)
+    _log_and_measure(report)
+
+    def settle(record: SQSRecord) -> None:
+        if report.statuses.get(record.message_id) is RecordStatus.RETRY:
+            raise NoticeNotHandledYet(report.reasons.get(record.message_id, "not handled"))
+
+    response = process_partial_response(
+        event=event, record_handler=settle, processor=processor, context=context
+    )
+    return dict(response), report
+
+
+COUNTERS = {
+    Status.DRAINED: "NodesDrained",
+    Status.ALERTED: "HeadNodeNotices",
+    Status.REJECTED: "NoticesRejected",
+    Status.IGNORED: "NoticesIgnored",
+    Status.FAILED: "DrainFailures",
+    Status.DEAD_LETTERED: "DrainFailures",
+}
+
+
+def _log_and_measure(report: BatchReport) -> None:
+    for item in report.notices:
+        entry = item.entry
+        logger.set_correlation_id(entry.event_ids[-1] if entry.event_ids else item.message_id)
+        fields = {"notice": entry.key, "status": entry.status.value, "cluster": entry.cluster}
+        if item.duplicate:
+            metrics.add_metric("DuplicateNotices", MetricUnit.Count, 1)
+            logger.info("duplicate notice: already handled", extra=fields)
+            continue
+        metrics.add_metric("Notices", MetricUnit.Count, 1)
+        if entry.status in COUNTERS:
+            metrics.add_metric(COUNTERS[entry.status], MetricUnit.Count, 1)
+        metrics.add_metric("ImpactedJobs", MetricUnit.Count, len(entry.impacted_jobs))
+        if entry.drain_issued_at and entry.notice_time:
+            latency = parse_iso(entry.drain_issued_at) - parse_iso(entry.notice_time)
+            metrics.add_metric(
+                "DrainLatencyMs", MetricUnit.Milliseconds, latency.total_seconds() * 1000
+            )
+        if entry.status is Status.ALERTED:
+            logger.error(f"HEAD NODE notice, not drained: {entry.reason}", extra=fields)
+        elif entry.status in {Status.FAILED, Status.DEAD_LETTERED, Status.REJECTED}:
+            logger.warning(f"notice not handled: {entry.reason}", extra=fields)
+        else:
+            logger.info(f"notice {entry.status.value}: {entry.reason}", extra=fields)
+    if report.cluster_failures:
+        metrics.add_metric("ClusterCallFailures", MetricUnit.Count, report.cluster_failures)
+    logger.set_correlation_id(None)

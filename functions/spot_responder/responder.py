@@ -1,0 +1,336 @@
+"""A batch of queue records in, one request per Ray cluster out, every notice recorded.
+
+parse → claim in the ledger (de-duplication) → resolve the instances → decide →
+one request per cluster (in parallel) → write each outcome. A record whose handling
+failed for a passing reason is reported for retry; after the last delivery the queue
+dead-letters it and its ledger entry says so. No AWS here: the ports are injected.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from spot_responder.channel import ChannelUnavailable, ClusterChannel, ClusterRefused
+from spot_responder.contract import (
+    MAX_NOTICES_PER_REQUEST,
+    ClusterResponse,
+    NoticeRequest,
+    build_request,
+)
+from spot_responder.instances import DirectoryUnavailable, Instance, InstanceDirectory
+from spot_responder.ledger import Ledger, LedgerEntry, LedgerUnavailable, Status, iso
+from spot_responder.notices import Notice, NoticeKind, NoticeRejected, parse_event
+from spot_responder.policy import Action, Decision, decide
+from spot_responder.settings import Settings
+
+STALE_CLAIM = timedelta(minutes=3)  # longer than the Lambda may run
+MAX_PARALLEL_CLUSTERS = 8
+
+OUTCOME_STATUS = {
+    "drained": Status.DRAINED,
+    "already-draining": Status.ALREADY_DRAINING,
+    "analysed": Status.ANALYSED,
+    "node-not-found": Status.NODE_NOT_FOUND,
+    "head-node": Status.ALERTED,
+}
+WARNED_STATUSES = {Status.IN_PROGRESS, Status.DRAINED, Status.ALREADY_DRAINING}
+ACTION_STATUS = {
+    Action.ALERT: Status.ALERTED,
+    Action.RECORD: Status.RECORDED,
+    Action.IGNORE: Status.IGNORED,
+}
+
+
+class RecordStatus(StrEnum):
+    HANDLED = "handled"
+    REJECTED = "rejected"
+    """It can never succeed; recorded and not retried."""
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    message_id: str
+    body: str
+    receive_count: int = 1
+
+
+@dataclass(frozen=True)
+class NoticeReport:
+    message_id: str
+    entry: LedgerEntry
+    duplicate: bool = False
+
+
+@dataclass
+class BatchReport:
+    statuses: dict[str, RecordStatus] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    notices: list[NoticeReport] = field(default_factory=list)
+    requests_sent: int = 0
+    cluster_failures: int = 0
+
+    def to_retry(self) -> list[str]:
+        return [m for m, s in self.statuses.items() if s is RecordStatus.RETRY]
+
+
+@dataclass
+class _Work:
+    """One claimed notice on its way through the batch."""
+
+    record: InboundRecord
+    notice: Notice
+    entry: LedgerEntry
+    instance: Instance | None = None
+    decision: Decision | None = None
+
+
+class Responder:
+    def __init__(
+        self,
+        *,
+        directory: InstanceDirectory,
+        channel: ClusterChannel,
+        ledger: Ledger,
+        settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.directory = directory
+        self.channel = channel
+        self.ledger = ledger
+        self.settings = settings
+        self.clock = clock
+
+    def handle(self, records: Sequence[InboundRecord], *, retime: bool = False) -> BatchReport:
+        """Handle a batch. `retime`: move each notice to now (local replay of old events)."""
+        report = BatchReport()
+        work: list[_Work] = []
+        for record in records:
+            report.statuses[record.message_id] = RecordStatus.HANDLED
+            try:
+                work.extend(self._claim_record(record, report, retime=retime))
+            except LedgerUnavailable as exc:
+                self._retry(record, report, str(exc))
+        if work:
+            self._resolve_and_decide(work, report)
+            self._dispatch(work, report)
+        return report
+
+    # -- parse and claim -------------------------------------------------------------
+
+    def _claim_record(
+        self, record: InboundRecord, report: BatchReport, *, retime: bool
+    ) -> list[_Work]:
+        now = self.clock()
+        try:
+            notices = parse_event(record.body)
+        except NoticeRejected as exc:
+            key = f"rejected#{exc.event_id or record.message_id}"
+            self._record_unactionable(record, report, key, Status.REJECTED, str(exc), now)
+            report.statuses[record.message_id] = RecordStatus.REJECTED
+            report.reasons[record.message_id] = str(exc)
+            return []
+        if not notices:
+            reason = "no parser for this event's source and detail-type"
+            key = f"unhandled#{record.message_id}"
+            self._record_unactionable(record, report, key, Status.IGNORED, reason, now)
+            return []
+        claimed = []
+        for notice in notices:
+            if retime:
+                notice = notice.retimed(now)
+            claim = self.ledger.claim(
+                self._new_entry(notice, now), now=now, stale_after=STALE_CLAIM
+            )
+            if claim.is_duplicate:
+                report.notices.append(NoticeReport(record.message_id, claim.entry, True))
+                continue
+            claimed.append(_Work(record, notice, claim.entry))
+        return claimed
+
+    def _new_entry(self, notice: Notice, now: datetime) -> LedgerEntry:
+        return LedgerEntry(
+            key=notice.key,
+            instance_id=notice.instance_id,
+            kind=notice.kind.value,
+            detail=notice.detail,
+            status=Status.IN_PROGRESS,
+            recorded_at=iso(now),
+            updated_at=iso(now),
+            notice_time=iso(notice.time),
+            event_ids=(notice.event_id,),
+            expires_at=self._expiry(now),
+        )
+
+    def _record_unactionable(
+        self,
+        record: InboundRecord,
+        report: BatchReport,
+        key: str,
+        status: Status,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        entry = LedgerEntry(
+            key=key,
+            instance_id=None,
+            kind=status.value if status is Status.REJECTED else "unhandled",
+            status=status,
+            recorded_at=iso(now),
+            updated_at=iso(now),
+            reason=reason,
+            event_ids=(record.message_id,),
+            expires_at=self._expiry(now),
+        )
+        self.ledger.save(entry)
+        report.notices.append(NoticeReport(record.message_id, entry))
+
+    # -- resolve and decide ----------------------------------------------------------
+
+    def _resolve_and_decide(self, work: list[_Work], report: BatchReport) -> None:
+        try:
+            instances = self.directory.describe({w.notice.instance_id for w in work})
+        except DirectoryUnavailable as exc:
+            for item in work:
+                self._fail(item, report, str(exc))
+            work.clear()
+            return
+        now = self.clock()
+        for item in work:
+            item.instance = instances.get(item.notice.instance_id)
+            item.decision = decide(
+                item.notice,
+                item.instance,
+                self.settings,
+                warned=self._was_warned(item.notice),
+                now=now,
+            )
+            item.entry = _describe(item.entry, item.instance, item.decision)
+
+    def _was_warned(self, notice: Notice) -> bool:
+        if notice.kind not in {NoticeKind.STATE_CHANGE, NoticeKind.REBALANCE_RECOMMENDATION}:
+            return False
+        warning = self.ledger.get(f"{notice.instance_id}#{NoticeKind.SPOT_INTERRUPTION}")
+        return warning is not None and warning.status in WARNED_STATUSES
+
+    # -- act -------------------------------------------------------------------------
+
+    def _dispatch(self, work: list[_Work], report: BatchReport) -> None:
+        by_cluster: dict[str, list[_Work]] = defaultdict(list)
+        for item in work:
+            if item.decision is not None and item.decision.needs_cluster and item.instance:
+                by_cluster[item.instance.cluster or ""].append(item)
+            elif item.decision is not None:
+                self._finish(item, report, ACTION_STATUS[item.decision.action])
+        batches = [
+            (cluster, items[start : start + MAX_NOTICES_PER_REQUEST])
+            for cluster, items in by_cluster.items()
+            for start in range(0, len(items), MAX_NOTICES_PER_REQUEST)
+        ]
+        if not batches:
+            return
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CLUSTERS, len(batches))) as pool:
+            answers = list(pool.map(lambda b: self._ask(*b), batches))
+        for (_, items), answer in zip(batches, answers, strict=True):
+            report.requests_sent += 1
+            self._apply(items, answer, report)
+
+    def _ask(self, cluster: str, items: list[_Work]) -> ClusterResponse | Exception:
+        request = build_request(cluster, [_notice_request(i) for i in items])
+        try:
+            return self.channel.send(cluster, request)
+        except (ChannelUnavailable, ClusterRefused) as exc:
+            return exc
+
+    def _apply(
+        self, items: Iterable[_Work], answer: ClusterResponse | Exception, report: BatchReport
+    ) -> None:
+        if isinstance(answer, Exception):
+            report.cluster_failures += 1
+        for item in items:
+            if isinstance(answer, ClusterRefused):
+                self._finish(item, report, Status.REJECTED, reason=str(answer))
+                continue
+            if isinstance(answer, Exception):
+                self._fail(item, report, str(answer))
+                continue
+            result = answer.results.get(item.entry.key)
+            status = None if result is None else OUTCOME_STATUS.get(result.outcome)
+            if result is None or status is None:
+                outcome = "no result" if result is None else f"{result.outcome}: {result.message}"
+                self._fail(item, report, f"cluster could not act on the notice ({outcome})")
+                continue
+            self._finish(
+                item,
+                report,
+                status,
+                reason=result.message or item.entry.reason,
+                ray_node_id=result.ray_node_id,
+                drain_deadline=result.drain_deadline,
+                drain_issued_at=result.drain_issued_at,
+                impacted_jobs=result.impacted_jobs,
+            )
+
+    def _finish(self, item: _Work, report: BatchReport, status: Status, **changes: object) -> None:
+        entry = item.entry.with_outcome(status, self.clock(), **changes)
+        self._save(item, entry, report)
+        if status is Status.REJECTED and report.statuses[item.record.message_id] is not (
+            RecordStatus.RETRY
+        ):
+            report.statuses[item.record.message_id] = RecordStatus.REJECTED
+
+    def _fail(self, item: _Work, report: BatchReport, reason: str) -> None:
+        last = item.record.receive_count >= self.settings.max_receive_count
+        status = Status.DEAD_LETTERED if last else Status.FAILED
+        entry = item.entry.with_outcome(status, self.clock(), reason=reason)
+        self._save(item, entry, report)
+        self._retry(item.record, report, reason)
+
+    def _save(self, item: _Work, entry: LedgerEntry, report: BatchReport) -> None:
+        item.entry = entry
+        try:
+            self.ledger.save(entry)
+        except LedgerUnavailable as exc:
+            self._retry(item.record, report, str(exc))
+        report.notices.append(NoticeReport(item.record.message_id, entry))
+
+    @staticmethod
+    def _retry(record: InboundRecord, report: BatchReport, reason: str) -> None:
+        report.statuses[record.message_id] = RecordStatus.RETRY
+        report.reasons[record.message_id] = reason
+
+    def _expiry(self, now: datetime) -> int:
+        return int((now + timedelta(days=self.settings.ledger_ttl_days)).timestamp())
+
+
+def _describe(entry: LedgerEntry, instance: Instance | None, decision: Decision) -> LedgerEntry:
+    if instance is None:
+        return replace(entry, action=decision.action.value, reason=decision.reason)
+    return replace(
+        entry,
+        cluster=instance.cluster,
+        node_type=instance.node_type,
+        lifecycle=instance.lifecycle,
+        availability_zone=instance.availability_zone,
+        action=decision.action.value,
+        reason=decision.reason,
+        drain_deadline=None if decision.drain_deadline is None else iso(decision.drain_deadline),
+    )
+
+
+def _notice_request(item: _Work) -> NoticeRequest:
+    assert item.decision is not None
+    assert item.instance is not None
+    return NoticeRequest(
+        notice_id=item.entry.key,
+        instance_id=item.notice.instance_id,
+        private_ip=item.instance.private_ip,
+        kind=item.notice.kind.value,
+        action="drain" if item.decision.action is Action.DRAIN else "analyse",
+        drain_deadline=item.decision.drain_deadline,
+    )
