@@ -195,8 +195,26 @@ class ConditionalLedger:
     def _write_if(self, entry: LedgerEntry, expected_updated_at: str | None) -> bool:
         raise NotImplementedError
 
+    def _write_jobs(self, entry: LedgerEntry) -> None:
+        raise NotImplementedError
+
     def get(self, key: str) -> LedgerEntry | None:
         return self._read(key)
+
+    def save(self, entry: LedgerEntry) -> None:
+        """Write an outcome, keeping the deliveries that arrived while it was being handled."""
+        for _ in range(self.max_conflicts):
+            current = self._read(entry.key)
+            merged = entry
+            if current is not None:
+                seen = list(entry.event_ids)
+                seen.extend(e for e in current.event_ids if e not in seen)
+                deliveries = max(current.deliveries, entry.deliveries)
+                merged = replace(entry, deliveries=deliveries, event_ids=tuple(seen))
+            if self._write_if(merged, None if current is None else current.updated_at):
+                self._write_jobs(merged)
+                return
+        raise LedgerUnavailable(f"ledger entry {entry.key} kept changing under us")
 
     def claim(self, entry: LedgerEntry, *, now: datetime, stale_after: timedelta) -> Claim:
         for _ in range(self.max_conflicts):

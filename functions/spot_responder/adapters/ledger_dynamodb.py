@@ -51,11 +51,13 @@ class DynamoDbLedger(ConditionalLedger):
             raise LedgerUnavailable(f"ledger write failed: {exc}") from exc
         return True
 
-    def save(self, entry: LedgerEntry) -> None:
+    def _write_jobs(self, entry: LedgerEntry) -> None:
+        hits = job_hits_of(entry)
+        if not hits:
+            return
         try:
             with self._table.batch_writer(overwrite_by_pkeys=["pk", "sk"]) as batch:
-                batch.put_item(Item=_item_of(entry))
-                for hit in job_hits_of(entry):
+                for hit in hits:
                     batch.put_item(Item=_job_item_of(entry, hit))
         except (ClientError, BotoCoreError) as exc:
             raise LedgerUnavailable(f"ledger write failed: {exc}") from exc

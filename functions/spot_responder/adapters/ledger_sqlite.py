@@ -68,16 +68,11 @@ class SqliteLedger(ConditionalLedger):
             self._db.execute("ROLLBACK")
             raise LedgerUnavailable(f"ledger write failed: {exc}") from exc
 
-    def save(self, entry: LedgerEntry) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._put(entry)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise LedgerUnavailable(f"ledger write failed: {exc}") from exc
+    def _write_jobs(self, entry: LedgerEntry) -> None:
+        """Nothing left to do: `_write_if` wrote the job rows in the same transaction."""
 
     def _put(self, entry: LedgerEntry) -> None:
+        """The notice row and its job rows (inside the caller's transaction)."""
         self._db.execute(
             "INSERT OR REPLACE INTO items VALUES (?, ?, NULL, ?, ?, ?)",
             (

@@ -1,0 +1,200 @@
+"""A batch through the Lambda's handler code: one request per cluster, every notice recorded."""
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "SpotResponder")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+
+from spot_responder.adapters.ledger_sqlite import SqliteLedger
+from spot_responder.handlers.responder import respond
+from spot_responder.ledger import Status
+from spot_responder.responder import RecordStatus, Responder
+from spot_responder.settings import Settings
+
+from tests.support import (
+    ARM_WORKER,
+    HEAD,
+    REFUSED,
+    UNREACHABLE,
+    X86_WORKER,
+    FakeChannel,
+    FakeDirectory,
+    load_event,
+    ray_instance,
+    sqs_event,
+)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    store = SqliteLedger(tmp_path / "ledger.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def channel():
+    return FakeChannel()
+
+
+@pytest.fixture
+def responder(ledger, channel):
+    directory = FakeDirectory(
+        ray_instance(X86_WORKER),
+        ray_instance(ARM_WORKER),
+        ray_instance(HEAD, kind="head"),
+        ray_instance("i-0b0b0b0b0b0b0b0b1", cluster="second-cluster"),
+    )
+    return Responder(directory=directory, channel=channel, ledger=ledger, settings=Settings())
+
+
+def warning_for(instance_id, event_id):
+    event = load_event("spot-interruption-terminate.json")
+    event["id"] = event_id
+    event["detail"]["instance-id"] = instance_id
+    return event
+
+
+def statuses(ledger):
+    return {e.key: e.status for e in ledger.entries()}
+
+
+def test_mixed_batch_drains_exactly_the_two_warned_workers_and_records_all_four(
+    responder, ledger, channel
+):
+    # GIVEN one malformed record, one warning for a non-Ray instance, two valid warnings
+    event = sqs_event(
+        '{"version": "0", "id": "broken", "detail-type": "EC2 Spot Instance Interruption',
+        load_event("spot-interruption-not-ray.json"),
+        warning_for(X86_WORKER, "e-1"),
+        warning_for(ARM_WORKER, "e-2"),
+    )
+
+    # WHEN the handler runs
+    response, report = respond(event, None, responder, retime=True)
+
+    # THEN exactly the two workers are drained, in one request to their cluster
+    assert sorted(channel.drained) == [X86_WORKER, ARM_WORKER]
+    assert len(channel.requests) == 1
+    # AND all four outcomes are in the ledger; the malformed one rejected, not retried
+    recorded = statuses(ledger)
+    assert len(recorded) == 4
+    assert sorted(recorded.values()) == sorted(
+        [Status.REJECTED, Status.IGNORED, Status.DRAINED, Status.DRAINED]
+    )
+    assert response == {"batchItemFailures": []}
+    assert list(report.statuses.values()).count(RecordStatus.REJECTED) == 1
+
+
+def test_same_warning_five_times_drains_once_and_keeps_one_entry(responder, ledger, channel):
+    # Same event id twice, then three other event ids, partly in separate batches.
+    bodies = [warning_for(X86_WORKER, eid) for eid in ("a", "a", "b", "c", "d")]
+
+    respond(sqs_event(*bodies[:3]), None, responder, retime=True)
+    respond(sqs_event(*bodies[3:]), None, responder, retime=True)
+
+    assert channel.drained == [X86_WORKER]
+    (entry,) = ledger.entries()
+    assert entry.status is Status.DRAINED
+    assert entry.deliveries == 5
+    assert sorted(entry.event_ids) == ["a", "b", "c", "d"]
+
+
+def test_one_request_per_cluster_per_batch(responder, channel):
+    event = sqs_event(
+        warning_for(X86_WORKER, "x"),
+        warning_for(ARM_WORKER, "y"),
+        warning_for("i-0b0b0b0b0b0b0b0b1", "z"),
+    )
+
+    respond(event, None, responder, retime=True)
+
+    clusters = sorted(cluster for cluster, _ in channel.requests)
+    assert clusters == ["ray-on-aws", "second-cluster"]
+
+
+def test_unreachable_head_returns_the_records_for_retry_and_says_so_in_the_ledger(
+    responder, ledger, channel
+):
+    channel.failure = UNREACHABLE
+    event = sqs_event(warning_for(X86_WORKER, "x"), load_event("spot-interruption-not-ray.json"))
+
+    response, _ = respond(event, None, responder, retime=True)
+
+    failed_ids = [f["itemIdentifier"] for f in response["batchItemFailures"]]
+    assert failed_ids == [event["Records"][0]["messageId"]]
+    entry = ledger.get(f"{X86_WORKER}#spot-interruption")
+    assert entry.status is Status.FAILED
+    assert "no running head node" in entry.reason
+
+
+def test_retry_after_a_failure_drains_and_counts_the_attempt(responder, ledger, channel):
+    channel.failure = UNREACHABLE
+    respond(sqs_event(warning_for(X86_WORKER, "x")), None, responder, retime=True)
+
+    channel.failure = None
+    response, _ = respond(sqs_event(warning_for(X86_WORKER, "x"), receives=2), None, responder)
+
+    assert response == {"batchItemFailures": []}
+    entry = ledger.get(f"{X86_WORKER}#spot-interruption")
+    assert (entry.status, entry.attempts) == (Status.DRAINED, 2)
+
+
+def test_failure_on_the_last_delivery_is_recorded_as_dead_lettered(responder, ledger, channel):
+    channel.failure = UNREACHABLE
+    event = sqs_event(warning_for(X86_WORKER, "x"), receives=Settings().max_receive_count)
+
+    response, _ = respond(event, None, responder, retime=True)
+
+    assert len(response["batchItemFailures"]) == 1
+    assert ledger.get(f"{X86_WORKER}#spot-interruption").status is Status.DEAD_LETTERED
+
+
+def test_request_refused_by_the_head_is_rejected_not_retried(responder, ledger, channel):
+    channel.failure = REFUSED
+
+    response, _ = respond(sqs_event(warning_for(X86_WORKER, "x")), None, responder, retime=True)
+
+    assert response == {"batchItemFailures": []}
+    assert ledger.get(f"{X86_WORKER}#spot-interruption").status is Status.REJECTED
+
+
+def test_head_node_warning_is_alerted_and_never_sent_to_drain(responder, ledger, channel):
+    respond(sqs_event(load_event("spot-interruption-head-node.json")), None, responder, retime=True)
+
+    assert channel.requests == []
+    assert ledger.get(f"{HEAD}#spot-interruption").status is Status.ALERTED
+
+
+def test_shutting_down_without_warning_drains_but_after_warning_only_records(
+    responder, ledger, channel
+):
+    respond(sqs_event(load_event("state-change-shutting-down.json")), None, responder)
+    assert channel.drained == [X86_WORKER]
+
+    respond(sqs_event(warning_for(ARM_WORKER, "w")), None, responder, retime=True)
+    stopping = load_event("state-change-stopping.json")
+    respond(sqs_event(stopping), None, responder)
+
+    assert channel.drained == [X86_WORKER, ARM_WORKER]
+    assert ledger.get(f"{ARM_WORKER}#state-change:stopping").status is Status.RECORDED
+
+
+def test_unknown_event_kind_is_recorded_as_ignored_not_retried(responder, ledger):
+    event = {**load_event("spot-interruption-terminate.json"), "detail-type": "Something Else"}
+
+    response, _ = respond(sqs_event(event), None, responder)
+
+    assert response == {"batchItemFailures": []}
+    assert [e.status for e in ledger.entries()] == [Status.IGNORED]
+
+
+def test_impacted_jobs_reach_the_ledger_and_its_job_view(responder, ledger):
+    respond(sqs_event(warning_for(X86_WORKER, "x")), None, responder, retime=True)
+
+    (hit,) = ledger.job_hits("ray-on-aws#01000000")
+    assert hit.instance_id == X86_WORKER
+    assert json.loads(json.dumps(hit.impact))["tasks_running"] == 1
