@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -34,17 +35,18 @@ _CfnLoader.add_multi_constructor("!", _tag)
 
 @lru_cache(maxsize=1)
 def template() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
+    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
     return loaded
 
 
 def resource(logical_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = template()["Resources"][logical_id]
+    """A copy of one resource's declaration (tests may change it freely)."""
+    found: dict[str, Any] = copy.deepcopy(template()["Resources"][logical_id])
     return found
 
 
 def resources_of_type(kind: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template()["Resources"].items() if v["Type"] == kind}
+    return {k: copy.deepcopy(v) for k, v in template()["Resources"].items() if v["Type"] == kind}
 
 
 def sub(value: Any, variables: dict[str, str]) -> str:

@@ -60,6 +60,7 @@ class Settings:
     notice_window_s: int = 120
     command_timeout_s: int = 45
     max_receive_count: int = 5
+    retry_delay_s: int = 5
     ledger_ttl_days: int = 90
     cluster_allowlist: frozenset[str] = field(default_factory=frozenset)
     rebalance_action: RebalanceAction = RebalanceAction.REPLACE
@@ -78,6 +79,7 @@ class Settings:
             safety_margin_s=_int(env, "SAFETY_MARGIN_SECONDS", 15, 0, 90),
             command_timeout_s=_int(env, "COMMAND_TIMEOUT_SECONDS", 45, 5, 600),
             max_receive_count=_int(env, "MAX_RECEIVE_COUNT", 5, 1, 1000),
+            retry_delay_s=_int(env, "RETRY_DELAY_SECONDS", 5, 0, 900),
             ledger_ttl_days=_int(env, "LEDGER_TTL_DAYS", 90, 1, 3650),
             cluster_allowlist=allowlist,
             rebalance_action=_choice(

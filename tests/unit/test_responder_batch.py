@@ -1,13 +1,8 @@
 """A batch through the Lambda's handler code: one request per cluster, every notice recorded."""
 
 import json
-import os
 
 import pytest
-
-os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "SpotResponder")
-os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-
 from spot_responder.adapters.ledger_sqlite import SqliteLedger
 from spot_responder.handlers.responder import respond
 from spot_responder.ledger import Status

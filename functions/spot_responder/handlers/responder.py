@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from spot_responder.adapters.channel_ssm import SsmClusterChannel
 from spot_responder.adapters.instances_ec2 import Ec2Directory
 from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
+from spot_responder.adapters.retry_sqs import SqsRetryDelay
 from spot_responder.ledger import Status, parse_iso
 from spot_responder.observability import logger, metrics, tracer
 from spot_responder.responder import BatchReport, InboundRecord, RecordStatus, Responder
@@ -49,13 +50,23 @@ def aws_responder() -> Responder:
     return Responder(directory=directory, channel=channel, ledger=ledger, settings=settings)
 
 
+@lru_cache(maxsize=1)
+def aws_retry_delay() -> SqsRetryDelay:
+    return SqsRetryDelay(boto3.client("sqs"), Settings.from_env().retry_delay_s)
+
+
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler
 def lambda_handler(
-    event: dict[str, Any], context: LambdaContext, responder: Responder | None = None
+    event: dict[str, Any],
+    context: LambdaContext,
+    responder: Responder | None = None,
+    retry_delay: SqsRetryDelay | None = None,
 ) -> dict[str, Any]:
-    response, _ = respond(event, context, responder or aws_responder())
+    response, _ = respond(
+        event, context, responder or aws_responder(), retry_delay=retry_delay or aws_retry_delay()
+    )
     return response
 
 
@@ -65,6 +76,7 @@ def respond(
     responder: Responder,
     *,
     retime: bool = False,
+    retry_delay: SqsRetryDelay | None = None,
 ) -> tuple[dict[str, Any], BatchReport]:
     """The whole handler, also used by the local replay."""
     records = [
@@ -85,6 +97,9 @@ def respond(
     response = process_partial_response(
         event=event, record_handler=settle, processor=processor, context=context
     )
+    if retry_delay is not None:
+        failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+        retry_delay.schedule(r for r in event["Records"] if r["messageId"] in failed)
     return dict(response), report
 
 
