@@ -4,8 +4,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spot_responder.notices import NoticeKind, NoticeRejected, parse_event
 
+from spot_responder.notices import NoticeKind, NoticeRejected, parse_event
 from tests.support import ARM_WORKER, EVENTS, X86_WORKER, load_event
 
 

@@ -6,7 +6,6 @@ from spot_responder.instances import Instance
 from spot_responder.notices import parse_event
 from spot_responder.policy import Action, decide
 from spot_responder.settings import RebalanceAction, Settings
-
 from tests.support import HEAD, NOT_RAY, X86_WORKER, load_event, ray_instance
 
 NOW = datetime(2026, 11, 22, 10, 0, 5, tzinfo=UTC)

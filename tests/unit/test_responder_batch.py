@@ -3,12 +3,12 @@
 import json
 
 import pytest
+
 from spot_responder.adapters.ledger_sqlite import SqliteLedger
 from spot_responder.handlers.responder import respond
 from spot_responder.ledger import Status
 from spot_responder.responder import RecordStatus, Responder
 from spot_responder.settings import Settings
-
 from tests.support import (
     ARM_WORKER,
     HEAD,

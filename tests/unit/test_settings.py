@@ -1,6 +1,7 @@
 """Configuration is read once, typed, and refuses values it cannot run with."""
 
 import pytest
+
 from spot_responder.settings import RebalanceAction, Settings, SettingsError
 
 
