@@ -78,11 +78,14 @@ def test_deadline_is_sent_as_utc_with_a_z():
     assert sent["drain_deadline"] == "2026-11-22T10:01:45.500Z"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in HERE.glob("*.response.json")))
+RESPOND_EXAMPLES = sorted(
+    p.name for p in HERE.glob("*.response.json") if "results" in json.loads(p.read_text())
+)
+
+
+@pytest.mark.parametrize("name", RESPOND_EXAMPLES)
 def test_every_response_example_is_read(name):
     data = example(name)
-    if "results" not in data:
-        pytest.skip("not a respond response")
 
     response = parse_response(data)
 

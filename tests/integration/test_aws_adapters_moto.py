@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from spot_responder.adapters.channel_ssm import SsmClusterChannel
 from spot_responder.adapters.instances_ec2 import Ec2Directory
 from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
@@ -16,7 +17,6 @@ from spot_responder.handlers.responder import respond
 from spot_responder.ledger import LedgerEntry, Status, iso
 from spot_responder.responder import Responder
 from spot_responder.settings import Settings
-
 from tests import cfn
 from tests.aws import Aws, moto_server
 from tests.support import load_event
