@@ -1,0 +1,542 @@
+"""Least privilege, read out of template.yaml: every IAM statement the stack creates is as
+narrow as the API allows. Also the few timing facts the two-minute window depends on."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests import cfn
+
+ACCOUNT, REGION, PARTITION = "123456789012", "us-west-2", "aws"
+PSEUDO = {
+    "AWS::AccountId": ACCOUNT,
+    "AWS::Region": REGION,
+    "AWS::Partition": PARTITION,
+    "AWS::StackName": "ray-spot-responder",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+NO_VALUE = object()
+
+# Actions with no resource-level permissions: AWS only accepts "Resource": "*" for them.
+# ec2:Describe* are the reads; GetCommandInvocation reads the output of commands that only
+# the respond document can run; the X-Ray pair writes traces.
+UNSCOPABLE = {
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeImages",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
+    "ssm:GetCommandInvocation",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+}
+SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+DOCUMENT_ARN = f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/<RespondDocument>"
+INSTANCES_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"
+
+# Parameter sets the tests look at: the defaults, and every optional part switched on.
+DEFAULTS: dict[str, str] = {}
+EVERYTHING = {
+    "ClusterAllowlist": "ray-on-aws,batch-2",
+    "SpillBucketName": "my-ray-spill",
+    "AlarmEmail": "ops@example.com",
+    "DrillClusterName": "ray-on-aws",
+}
+
+
+# ---------------------------------------------------------------- a tiny CloudFormation
+
+
+class Stack:
+    """template.yaml evaluated for one set of parameter values.
+
+    Ref to a resource gives `<LogicalId>`, GetAtt gives `<LogicalId.Attribute>`, so
+    assertions can name exactly which resource a statement points at.
+    """
+
+    def __init__(self, overrides: dict[str, str]) -> None:
+        template = cfn.template()
+        self.parameters = {
+            name: str(overrides.get(name, spec.get("Default", "")))
+            for name, spec in template["Parameters"].items()
+        }
+        self.conditions: dict[str, bool] = {}
+        for name, expression in template.get("Conditions", {}).items():
+            self.conditions[name] = bool(self.eval(expression))
+        self.resources = {
+            name: self.eval(copy.deepcopy(body))
+            for name, body in template["Resources"].items()
+            if self.conditions.get(body.get("Condition", ""), True)
+        }
+
+    def eval(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [v for v in (self.eval(i) for i in node) if v is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (key, arg), *_ = node.items()
+            if key == "Ref" or key.startswith("Fn::") or key == "Condition":
+                return self.intrinsic(key, arg)
+        return {k: v for k, v in ((k, self.eval(v)) for k, v in node.items()) if v is not NO_VALUE}
+
+    def intrinsic(self, key: str, arg: Any) -> Any:
+        functions = {
+            "Ref": self._ref,
+            "Fn::GetAtt": lambda a: f"<{a[0]}.{a[1]}>",
+            "Fn::Sub": self._sub,
+            "Fn::If": lambda a: self.eval(a[1] if self.conditions[a[0]] else a[2]),
+            "Fn::Equals": lambda a: str(self.eval(a[0])) == str(self.eval(a[1])),
+            "Fn::Not": lambda a: not self.eval(a[0]),
+            "Fn::And": lambda a: all(self.eval(i) for i in a),
+            "Fn::Or": lambda a: any(self.eval(i) for i in a),
+            "Condition": lambda a: self.conditions[a],
+            "Fn::Split": lambda a: str(self.eval(a[1])).split(a[0]),
+            "Fn::Join": lambda a: a[0].join(str(i) for i in self.eval(a[1])),
+        }
+        return functions[key](arg)
+
+    def _ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        return PSEUDO.get(name) or self.parameters.get(name, f"<{name}>")
+
+    def _sub(self, arg: Any) -> str:
+        text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], self.eval(arg[1]))
+        known = {**PSEUDO, **self.parameters, **extra}
+        # a name that is no parameter is a resource: Ref or LogicalId.Attribute
+        names = re.findall(r"\$\{([^}!][^}]*)\}", text)
+        return cfn.sub(text, {n: str(known.get(n, f"<{n}>")) for n in names})
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.resources.items() if v["Type"] == kind}
+
+    def policy_documents(self) -> dict[str, dict[str, Any]]:
+        """Every permission policy the stack creates, by `Resource/PolicyName`."""
+        docs: dict[str, dict[str, Any]] = {}
+        for name, role in self.of_type("AWS::IAM::Role").items():
+            for policy in role["Properties"].get("Policies", []):
+                docs[f"{name}/{policy['PolicyName']}"] = policy["PolicyDocument"]
+        for kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            for name, policy in self.of_type(kind).items():
+                docs[name] = policy["Properties"]["PolicyDocument"]
+        return docs
+
+    def resource_policies(self) -> dict[str, dict[str, Any]]:
+        kinds = ("AWS::SQS::QueuePolicy", "AWS::SNS::TopicPolicy")
+        return {
+            name: res["Properties"]["PolicyDocument"]
+            for name, res in self.resources.items()
+            if res["Type"] in kinds
+        }
+
+    def statements(self, docs: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        docs = self.policy_documents() if docs is None else docs
+        found = []
+        for origin, doc in docs.items():
+            for statement in doc["Statement"]:
+                found.append({**statement, "_origin": origin})
+        return found
+
+    def role_statements(self, role: str) -> list[dict[str, Any]]:
+        """Statements of one role: its inline policies and the AWS::IAM::Policy on it."""
+        attached = {
+            name
+            for name, res in self.of_type("AWS::IAM::Policy").items()
+            if f"<{role}>" in res["Properties"]["Roles"]
+        }
+        return [
+            s
+            for s in self.statements()
+            if s["_origin"].startswith(f"{role}/") or s["_origin"] in attached
+        ]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    return as_list(statement["Action"])
+
+
+def resources(statement: dict[str, Any]) -> list[str]:
+    return as_list(statement["Resource"])
+
+
+@pytest.fixture(scope="module", params=["defaults", "everything-on"])
+def stack(request) -> Stack:
+    return Stack(DEFAULTS if request.param == "defaults" else EVERYTHING)
+
+
+# ---------------------------------------------------------------- everywhere
+
+
+def test_no_statement_anywhere_grants_a_wildcard_action(stack):
+    everything = stack.statements() + stack.statements(stack.resource_policies())
+    assert everything, "found no IAM statements at all"
+    for statement in everything:
+        assert "NotAction" not in statement, statement["_origin"]
+        for action in actions(statement):
+            assert "*" not in action, f"{statement['_origin']}: {action}"
+
+
+def test_resource_star_only_for_apis_without_resource_level_permissions(stack):
+    for statement in stack.statements():
+        assert "NotResource" not in statement, statement["_origin"]
+        if "*" in resources(statement):
+            assert resources(statement) == ["*"]
+            assert set(actions(statement)) <= UNSCOPABLE, statement["_origin"]
+
+
+def test_the_only_unscoped_reads_are_ec2_describe_and_command_results(stack):
+    unscoped_reads = {
+        action
+        for statement in stack.statements()
+        if "*" in resources(statement)
+        for action in actions(statement)
+        if not action.startswith("xray:Put")
+    }
+    assert {a for a in unscoped_reads if not a.startswith("ec2:Describe")} <= {
+        "ssm:GetCommandInvocation"
+    }
+
+
+def test_only_allow_statements(stack):
+    for statement in stack.statements() + stack.statements(stack.resource_policies()):
+        assert statement["Effect"] == "Allow", statement["_origin"]
+
+
+def test_the_only_managed_policy_is_ssm_managed_instance_core(stack):
+    for name, role in stack.of_type("AWS::IAM::Role").items():
+        managed = role["Properties"].get("ManagedPolicyArns", [])
+        if name in {"RayHeadRole", "RayWorkerRole"}:
+            assert managed == [SSM_CORE]
+        else:
+            assert managed == [], name
+
+
+def test_every_role_trusts_one_service_of_this_account_only(stack):
+    for name, role in stack.of_type("AWS::IAM::Role").items():
+        (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Action"] == "sts:AssumeRole"
+        assert set(trust["Principal"]) == {"Service"}, name
+        assert isinstance(trust["Principal"]["Service"], str), name
+        assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}, name
+
+
+# ---------------------------------------------------------------- the functions
+
+
+def test_functions_run_with_the_stacks_own_roles_not_sam_generated_ones(stack):
+    # SAM's generated role for an SQS event source would attach a managed policy that
+    # allows sqs:ReceiveMessage on every queue, and logs:* on every log group.
+    expected = {"ResponderFunction": "ResponderRole", "ReconcileFunction": "ReconcileRole"}
+    functions = stack.of_type("AWS::Serverless::Function")
+    assert set(functions) == set(expected)
+    for name, function in functions.items():
+        assert function["Properties"]["Role"] == f"<{expected[name]}.Arn>"
+        assert "Policies" not in function["Properties"]
+
+
+def test_send_command_runs_only_the_respond_document(stack):
+    for role in ("ResponderRole", "ReconcileRole"):
+        granted = [s for s in stack.role_statements(role) if "ssm:SendCommand" in actions(s)]
+        assert {r for s in granted for r in resources(s)} == {DOCUMENT_ARN, INSTANCES_ARN}
+        for statement in granted:
+            assert actions(statement) == ["ssm:SendCommand"]
+            assert len(resources(statement)) == 1
+    # nobody else may send commands at all
+    others = [
+        s
+        for s in stack.statements()
+        if "ssm:SendCommand" in actions(s)
+        and not s["_origin"].startswith(("ResponderRole/", "ReconcileRole/"))
+    ]
+    assert others == []
+
+
+def test_send_command_reaches_only_instances_tagged_as_ray_head_nodes(stack):
+    for role in ("ResponderRole", "ReconcileRole"):
+        (on_instances,) = [
+            s for s in stack.role_statements(role) if resources(s) == [INSTANCES_ARN]
+        ]
+        condition = on_instances["Condition"]
+        assert condition["StringEquals"]["aws:ResourceTag/ray-node-type"] == "head"
+
+
+def test_cluster_allowlist_narrows_send_command_to_the_listed_clusters():
+    def cluster_condition(stack: Stack) -> dict[str, Any]:
+        (on_instances,) = [
+            s for s in stack.role_statements("ResponderRole") if resources(s) == [INSTANCES_ARN]
+        ]
+        condition: dict[str, Any] = on_instances["Condition"]
+        return condition
+
+    # GIVEN no allowlist: any instance tagged with some cluster name (and as a head)
+    assert cluster_condition(Stack(DEFAULTS))["StringLike"] == {
+        "aws:ResourceTag/ray-cluster-name": "?*"
+    }
+    # GIVEN an allowlist: only the heads of those clusters
+    narrowed = cluster_condition(Stack({"ClusterAllowlist": "ray-on-aws,batch-2"}))
+    assert narrowed == {
+        "StringEquals": {
+            "aws:ResourceTag/ray-node-type": "head",
+            "aws:ResourceTag/ray-cluster-name": ["ray-on-aws", "batch-2"],
+        }
+    }
+    # and the code gets the same list
+    globals_env = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
+    assert globals_env["CLUSTER_ALLOWLIST"] == {"Ref": "ClusterAllowlist"}
+
+
+def test_dynamodb_access_is_limited_to_the_stacks_two_tables(stack):
+    tables = {
+        "<LedgerTable.Arn>",
+        "<LedgerTable.Arn>/index/by-job",
+        "<IdempotencyTable.Arn>",
+    }
+    granted = [s for s in stack.statements() if any(a.startswith("dynamodb:") for a in actions(s))]
+    assert granted
+    for statement in granted:
+        assert set(resources(statement)) <= tables, statement["_origin"]
+        assert all(a.startswith("dynamodb:") for a in actions(statement))
+        # no table management, no scans from the functions
+        assert not {"dynamodb:Scan", "dynamodb:DeleteTable", "dynamodb:CreateTable"} & set(
+            actions(statement)
+        )
+
+
+def test_responder_consumes_only_the_notice_queue_and_writes_only_its_log_group(stack):
+    statements = stack.role_statements("ResponderRole")
+    sqs = [s for s in statements if any(a.startswith("sqs:") for a in actions(s))]
+    assert [resources(s) for s in sqs] == [["<NoticeQueue.Arn>"]]
+    logs = [s for s in statements if any(a.startswith("logs:") for a in actions(s))]
+    assert [resources(s) for s in logs] == [["<ResponderLogGroup.Arn>"]]
+    assert set(actions(logs[0])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+
+
+def test_sam_transform_adds_no_role_or_policy_of_its_own(monkeypatch):
+    """The deployed template (after the SAM transform) holds only the roles above, plus
+    the scheduler's role that may invoke the reconcile function and nothing else."""
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicyLookups:
+        def load(self) -> dict[str, str]:
+            raise AssertionError("the SAM transform wanted to look up managed policies")
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    template = json.loads(json.dumps(cfn.template()))
+    template["Globals"]["Function"]["CodeUri"] = "s3://bucket/code.zip"
+    deployed = transform(template, {}, NoManagedPolicyLookups())["Resources"]
+    roles = {k for k, v in deployed.items() if v["Type"] == "AWS::IAM::Role"}
+    ours = {k for k, v in cfn.template()["Resources"].items() if v["Type"] == "AWS::IAM::Role"}
+    assert roles - ours == {"ReconcileFunctionReconcileRole"}
+    scheduler = deployed["ReconcileFunctionReconcileRole"]["Properties"]
+    assert "ManagedPolicyArns" not in scheduler
+    (policy,) = scheduler["Policies"]
+    assert policy["PolicyDocument"]["Statement"] == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "Effect": "Allow",
+            "Resource": {"Fn::GetAtt": ["ReconcileFunction", "Arn"]},
+        }
+    ]
+
+
+# ---------------------------------------------------------------- the Ray nodes
+
+
+def test_ray_head_launches_only_instances_tagged_as_ray_workers(stack):
+    statements = stack.role_statements("RayHeadRole")
+    (on_instances,) = [
+        s for s in statements if "ec2:RunInstances" in actions(s) and INSTANCES_ARN in resources(s)
+    ]
+    assert resources(on_instances) == [INSTANCES_ARN]
+    assert on_instances["Condition"]["StringEquals"] == {"aws:RequestTag/ray-node-type": "worker"}
+    assert on_instances["Condition"]["StringLike"] == {"aws:RequestTag/ray-cluster-name": "?*"}
+
+
+def test_ray_head_terminates_only_ray_workers(stack):
+    (terminate,) = [
+        s for s in stack.role_statements("RayHeadRole") if "ec2:TerminateInstances" in actions(s)
+    ]
+    assert resources(terminate) == [INSTANCES_ARN]
+    assert terminate["Condition"]["StringEquals"] == {"aws:ResourceTag/ray-node-type": "worker"}
+
+
+def test_ray_head_tags_only_at_launch_or_instances_of_ray_clusters(stack):
+    tagging = [s for s in stack.role_statements("RayHeadRole") if "ec2:CreateTags" in actions(s)]
+    assert len(tagging) == 2
+    for statement in tagging:
+        assert resources(statement) == [INSTANCES_ARN]
+        assert statement["Condition"] in (
+            {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+            {
+                "StringLike": {"aws:ResourceTag/ray-cluster-name": "?*"},
+                "ForAllValues:StringLike": {"aws:TagKeys": ["ray-*", "Name"]},
+            },
+        )
+
+
+def test_ray_head_passes_only_the_worker_role_and_only_to_ec2(stack):
+    (passing,) = [s for s in stack.statements() if "iam:PassRole" in actions(s)]
+    assert passing["_origin"] == "RayHeadAutoscalerPolicy"
+    assert resources(passing) == ["<RayWorkerRole.Arn>"]
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+
+
+def test_ray_workers_may_do_nothing_but_ssm_and_optional_spilling(stack):
+    worker = stack.role_statements("RayWorkerRole")
+    for statement in worker:
+        assert statement["_origin"] == "RaySpillPolicy"
+        assert all(a.startswith("s3:") for a in actions(statement))
+    role = stack.resources["RayWorkerRole"]["Properties"]
+    assert "Policies" not in role
+    assert role["ManagedPolicyArns"] == [SSM_CORE]
+
+
+def test_object_spilling_reaches_only_its_prefix_of_the_named_bucket():
+    assert "RaySpillPolicy" not in Stack(DEFAULTS).resources
+    statements = Stack(EVERYTHING).role_statements("RayHeadRole")
+    spill = [s for s in statements if s["_origin"] == "RaySpillPolicy"]
+    assert {r for s in spill for r in resources(s)} == {
+        "arn:aws:s3:::my-ray-spill/ray-spill/*",
+        "arn:aws:s3:::my-ray-spill",
+    }
+    (listing,) = [s for s in spill if actions(s) == ["s3:ListBucket"]]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "ray-spill/*"}}
+
+
+def test_instance_profiles_wrap_the_node_roles_and_are_exported():
+    stack = Stack(DEFAULTS)
+    profiles = stack.of_type("AWS::IAM::InstanceProfile")
+    assert {k: v["Properties"]["Roles"] for k, v in profiles.items()} == {
+        "RayHeadInstanceProfile": ["<RayHeadRole>"],
+        "RayWorkerInstanceProfile": ["<RayWorkerRole>"],
+    }
+    outputs = cfn.template()["Outputs"]
+    for name in ("RayHeadInstanceProfileArn", "RayWorkerInstanceProfileArn"):
+        assert "Export" in outputs[name]
+
+
+# ---------------------------------------------------------------- the drill
+
+
+def test_drill_exists_only_when_asked_for():
+    assert not Stack(DEFAULTS).of_type("AWS::FIS::ExperimentTemplate")
+    assert "DrillRole" not in Stack(DEFAULTS).resources
+
+
+def test_drill_interrupts_only_spot_workers_of_the_named_cluster():
+    stack = Stack(EVERYTHING)
+    (interrupt,) = [
+        s
+        for s in stack.role_statements("DrillRole")
+        if "ec2:SendSpotInstanceInterruptions" in actions(s)
+    ]
+    assert resources(interrupt) == [INSTANCES_ARN]
+    assert interrupt["Condition"] == {
+        "StringEquals": {
+            "aws:ResourceTag/ray-cluster-name": "ray-on-aws",
+            "aws:ResourceTag/ray-node-type": "worker",
+        }
+    }
+    experiment = stack.resources["DrillExperimentTemplate"]["Properties"]
+    target = experiment["Targets"]["RaySpotWorkers"]
+    assert target["ResourceType"] == "aws:ec2:spot-instance"
+    assert target["ResourceTags"] == {"ray-cluster-name": "ray-on-aws", "ray-node-type": "worker"}
+    (action,) = experiment["Actions"].values()
+    assert action["ActionId"] == "aws:ec2:send-spot-instance-interruptions"
+    stops = {c["Value"] for c in experiment["StopConditions"]}
+    assert stops == {"<HeadNodeNoticesAlarm.Arn>", "<DrainFailuresAlarm.Arn>"}
+
+
+# ---------------------------------------------------------------- resource policies
+
+
+def test_queues_accept_messages_only_from_the_stacks_rules(stack):
+    (statement,) = stack.resource_policies()["NoticeQueuePolicy"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert actions(statement) == ["sqs:SendMessage"]
+    rules = {f"<{name}.Arn>" for name in stack.of_type("AWS::Events::Rule")}
+    assert set(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == rules
+
+
+def test_alarm_topic_accepts_only_cloudwatch_of_this_account(stack):
+    (statement,) = stack.resource_policies()["AlarmTopicPolicy"]["Statement"]
+    assert statement["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert actions(statement) == ["sns:Publish"]
+    assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+# ---------------------------------------------------------------- the two-minute window
+
+
+def test_timeouts_fit_the_two_minute_notice_window():
+    stack = Stack(DEFAULTS)
+    function = stack.resources["ResponderFunction"]["Properties"]
+    queue = stack.resources["NoticeQueue"]["Properties"]
+    document = stack.resources["RespondDocument"]["Properties"]["Content"]
+    (step,) = document["mainSteps"]
+    # SQS -> Lambda refuses a visibility timeout below the function timeout
+    assert queue["VisibilityTimeout"] >= function["Timeout"]
+    # the function waits for the head node, then still has time to record the outcome
+    command_timeout = int(stack.parameters["CommandTimeoutSeconds"])
+    max_command_timeout = cfn.template()["Parameters"]["CommandTimeoutSeconds"]["MaxValue"]
+    assert command_timeout <= max_command_timeout <= function["Timeout"] - 10
+    # the command on the head node ends well inside the notice window
+    assert int(step["inputs"]["timeoutSeconds"]) < 120
+    # failed records come back after RetryDelaySeconds, not the visibility timeout
+    assert int(stack.parameters["RetryDelaySeconds"]) <= 10
+    event = function["Events"]["Notices"]["Properties"]
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["MaximumBatchingWindowInSeconds"] <= 1
+    redrive = queue["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == "<NoticeDeadLetterQueue.Arn>"
+    env = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
+    assert int(env["MAX_RECEIVE_COUNT"]) == redrive["maxReceiveCount"]
+
+
+def test_functions_get_every_setting_the_code_reads():
+    env = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
+    assert {
+        "LEDGER_TABLE",
+        "RESPOND_DOCUMENT",
+        "SAFETY_MARGIN_SECONDS",
+        "COMMAND_TIMEOUT_SECONDS",
+        "CLUSTER_ALLOWLIST",
+        "REBALANCE_ACTION",
+        "REPLACEMENT_MODE",
+        "POOL_UNAVAILABLE_MINUTES",
+        "IDEMPOTENCY_TABLE",
+        "POWERTOOLS_SERVICE_NAME",
+        "POWERTOOLS_METRICS_NAMESPACE",
+        "POWERTOOLS_LOG_LEVEL",
+    } <= set(env)
+    assert env["POWERTOOLS_SERVICE_NAME"] == "spot-responder"
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "SpotResponder"
+
+
+def test_alarms_watch_the_metrics_the_responder_emits():
+    stack = Stack(DEFAULTS)
+    watched = {
+        (a["Properties"]["Namespace"], a["Properties"]["MetricName"])
+        for a in stack.of_type("AWS::CloudWatch::Alarm").values()
+    }
+    assert {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/Lambda", "Errors"),
+        ("SpotResponder", "DrainFailures"),
+        ("SpotResponder", "HeadNodeNotices"),
+    } <= watched
+    for alarm in stack.of_type("AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == ["<AlarmTopic>"]
+        if props["Namespace"] == "SpotResponder":
+            assert props["Dimensions"] == [{"Name": "service", "Value": "spot-responder"}]
