@@ -540,3 +540,24 @@ def test_alarms_watch_the_metrics_the_responder_emits():
         assert props["AlarmActions"] == ["<AlarmTopic>"]
         if props["Namespace"] == "SpotResponder":
             assert props["Dimensions"] == [{"Name": "service", "Value": "spot-responder"}]
+
+
+def test_dashboard_shows_interruptions_latency_jobs_replacements_and_failures():
+    body = json.loads(Stack(DEFAULTS).resources["Dashboard"]["Properties"]["DashboardBody"])
+    # rows are [namespace, name, dim, value] or [".", name, ".", "."] or ["...", {stat}]
+    shown = {
+        row[1]
+        for widget in body["widgets"]
+        for row in widget["properties"]["metrics"]
+        if isinstance(row[1], str)
+    }
+    assert {
+        "Notices",
+        "NodesDrained",
+        "DrainLatencyMs",
+        "ImpactedJobs",
+        "ReplacementsRequested",
+        "DrainFailures",
+        "ClusterCallFailures",
+        "HeadNodeNotices",
+    } <= shown
