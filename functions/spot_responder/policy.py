@@ -47,7 +47,7 @@ def decide(
 ) -> Decision:
     """Decide for one notice. `warned`: a warning for this instance was already acted on."""
     if instance is None:
-        return Decision(Action.IGNORE, "no such instance in this account and region")
+        return Decision(Action.IGNORE, "instance not found (not in EC2, or no Ray node has its id)")
     if not instance.is_ray_node or instance.cluster is None:
         return Decision(Action.IGNORE, "not a Ray node (no ray-cluster-name/ray-node-type tags)")
     if not settings.allows_cluster(instance.cluster):

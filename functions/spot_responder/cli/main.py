@@ -85,7 +85,8 @@ def _quiet_powertools(*, verbose: bool) -> None:
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "SpotResponder")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-    os.environ["POWERTOOLS_LOG_LEVEL"] = "INFO" if verbose else "ERROR"
+    # The table already says what the logs would; head-node alerts are marked in it.
+    os.environ["POWERTOOLS_LOG_LEVEL"] = "INFO" if verbose else "CRITICAL"
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spot_responder.ledger import JobHit, LedgerEntry
+from spot_responder.ledger import JobHit, LedgerEntry, Status
 from spot_responder.responder import BatchReport, NoticeReport
 
 
 def notice_json(report: NoticeReport) -> dict[str, Any]:
     data = entry_json(report.entry)
     data["duplicate"] = report.duplicate
+    if report.duplicate:
+        data["action"] = "duplicate"
     return data
 
 
@@ -24,13 +26,21 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
     return data
 
 
+def in_record_order(report: BatchReport) -> list[NoticeReport]:
+    """The notices in the order their records came in (the batch finishes them out of order)."""
+    order = {message_id: n for n, message_id in enumerate(report.statuses)}
+    return sorted(report.notices, key=lambda item: order.get(item.message_id, len(order)))
+
+
 def replay_table(report: BatchReport, *, elapsed_s: float, ledger: Path) -> str:
-    lines = [f"{'INSTANCE':<21} {'KIND':<26} {'ACTION':<17} {'RAY NODE':<10} {'DEADLINE':<14} JOBS"]
-    for item in report.notices:
+    lines = [f"{'INSTANCE':<21} {'KIND':<28} {'ACTION':<17} {'RAY NODE':<10} {'DEADLINE':<14} JOBS"]
+    for item in in_record_order(report):
         entry = item.entry
         action = "duplicate" if item.duplicate else entry.status.value
+        if entry.status is Status.ALERTED and not item.duplicate:
+            action = "ALERTED (head)"
         lines.append(
-            f"{entry.instance_id or '-':<21} {_kind(entry):<26} {action:<17} "
+            f"{entry.instance_id or '-':<21} {_kind(entry):<28} {action:<17} "
             f"{(entry.ray_node_id or '-')[:8]:<10} {_clock(entry.drain_deadline):<14} "
             f"{_jobs(entry)}"
         )
@@ -45,10 +55,10 @@ def replay_table(report: BatchReport, *, elapsed_s: float, ledger: Path) -> str:
 
 
 def ledger_table(entries: list[LedgerEntry]) -> str:
-    lines = [f"{'RECORDED':<20} {'INSTANCE':<21} {'KIND':<26} {'STATUS':<17} {'CLUSTER':<14} JOBS"]
+    lines = [f"{'RECORDED':<20} {'INSTANCE':<21} {'KIND':<28} {'STATUS':<17} {'CLUSTER':<14} JOBS"]
     for entry in entries:
         lines.append(
-            f"{entry.recorded_at[:19]:<20} {entry.instance_id or '-':<21} {_kind(entry):<26} "
+            f"{entry.recorded_at[:19]:<20} {entry.instance_id or '-':<21} {_kind(entry):<28} "
             f"{entry.status.value:<17} {(entry.cluster or '-')[:14]:<14} {_jobs(entry)}"
         )
     return "\n".join(lines) if entries else "the ledger is empty"

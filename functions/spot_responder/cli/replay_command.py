@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         elapsed = time.monotonic() - started
     if args.json:
-        print(json.dumps([render.notice_json(n) for n in report.notices], indent=2))
+        print(json.dumps([render.notice_json(n) for n in render.in_record_order(report)], indent=2))
     else:
         print(render.replay_table(report, elapsed_s=elapsed, ledger=args.ledger))
     failed = [m for m, s in report.statuses.items() if s is not RecordStatus.HANDLED]

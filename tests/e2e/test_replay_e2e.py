@@ -1,0 +1,179 @@
+"""EventBridge events → `spot-responder replay` (the Lambda's handler code) → a real Ray cluster.
+
+Everything is judged by what Ray's own GCS says about its nodes, and by the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from spot_responder.cli.embedded import EmbeddedRayCluster
+from tests.ray_hooks_support import drained_by_ray
+from tests.support import ARM_WORKER, EVENTS, HEAD, X86_WORKER, load_event, sqs_event
+
+pytestmark = pytest.mark.ray
+
+
+def spot_responder(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spot_responder.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cluster():
+    with EmbeddedRayCluster() as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def gcs(cluster):
+    from ray._raylet import GcsClient
+
+    return GcsClient(address=cluster.gcs_address)
+
+
+def warning_for(instance_id: str, event_id: str) -> dict:
+    event = load_event("spot-interruption-terminate.json")
+    event["id"] = event_id
+    event["detail"]["instance-id"] = instance_id
+    return event
+
+
+def write(tmp_path: Path, name: str, data: dict) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_the_readme_replay_drains_the_warned_node_of_an_embedded_cluster(tmp_path):
+    # GIVEN nothing but the repository: no cluster, no AWS account
+    started = time.monotonic()
+
+    # WHEN the README's replay runs (with --json, to read it)
+    done = spot_responder(
+        "replay",
+        "--json",
+        "--ledger",
+        str(tmp_path / "ledger.sqlite3"),
+        str(EVENTS / "spot-interruption-terminate.json"),
+    )
+
+    # THEN the warned worker was drained with a deadline ahead, and its job recorded
+    assert done.returncode == 0, done.stderr
+    (notice,) = json.loads(done.stdout)
+    assert notice["instance_id"] == X86_WORKER
+    assert notice["kind"] == "spot-interruption"
+    assert notice["action"] == "drained"
+    assert len(notice["ray_node_id"]) == 56
+    assert datetime.fromisoformat(notice["deadline"]) > datetime.now(UTC)
+    assert [job["job_id"] for job in notice["impacted_jobs"]]
+    print(f"\nREADME replay, embedded cluster included: {time.monotonic() - started:.1f} s")
+
+
+def test_mixed_batch_drains_exactly_the_two_warned_workers_and_records_all_four(
+    cluster, gcs, tmp_path
+):
+    # GIVEN one SQS batch: a malformed record, a non-Ray instance, two valid warnings
+    batch = sqs_event(
+        '{"version": "0", "id": "broken", "source": "aws.ec2", "detail-type": ',
+        load_event("spot-interruption-not-ray.json"),
+        warning_for(X86_WORKER, "w-1"),
+        warning_for(ARM_WORKER, "w-2"),
+    )
+    ledger = str(tmp_path / "ledger.sqlite3")
+
+    # WHEN it is replayed against the cluster
+    started = time.monotonic()
+    done = spot_responder(
+        "replay",
+        "--json",
+        "--ray-address",
+        cluster.address,
+        "--ledger",
+        ledger,
+        write(tmp_path, "batch.json", batch),
+    )
+    elapsed = time.monotonic() - started
+
+    # THEN Ray drains exactly the two warned workers, and not the head
+    assert drained_by_ray(gcs) == {
+        cluster.node_id_for(X86_WORKER),
+        cluster.node_id_for(ARM_WORKER),
+    }
+    # AND all four outcomes are recorded; the malformed one made the replay exit non-zero
+    assert done.returncode == 1
+    listed = json.loads(spot_responder("ledger", "list", "--json", "--ledger", ledger).stdout)
+    assert sorted(e["status"] for e in listed) == ["drained", "drained", "ignored", "rejected"]
+    rejected = next(e for e in listed if e["status"] == "rejected")
+    assert "\n" not in rejected["reason"]
+    assert "not JSON" in rejected["reason"]
+    print(f"\nevent → two nodes drained (CLI process included): {elapsed:.2f} s")
+
+
+def test_same_warning_five_times_is_one_drain_and_one_ledger_entry(cluster, gcs, tmp_path):
+    ledger = str(tmp_path / "ledger.sqlite3")
+    same = warning_for(X86_WORKER, "same-id")
+    files = [write(tmp_path, "a.json", same), write(tmp_path, "b.json", same)]
+    files += [
+        write(tmp_path, f"{eid}.json", warning_for(X86_WORKER, eid)) for eid in ("x", "y", "z")
+    ]
+
+    first = spot_responder(
+        "replay", "--json", "--ray-address", cluster.address, "--ledger", ledger, *files[:2]
+    )
+    second = spot_responder(
+        "replay", "--json", "--ray-address", cluster.address, "--ledger", ledger, *files[2:]
+    )
+
+    assert first.returncode == second.returncode == 0
+    outcomes = json.loads(first.stdout) + json.loads(second.stdout)
+    assert sorted(o["action"] for o in outcomes) == ["drained"] + ["duplicate"] * 4
+    assert drained_by_ray(gcs) == {cluster.node_id_for(X86_WORKER)}
+    (entry,) = json.loads(spot_responder("ledger", "list", "--json", "--ledger", ledger).stdout)
+    assert entry["deliveries"] == 5
+
+
+def test_head_node_warning_is_reported_and_the_head_keeps_running(cluster, gcs, tmp_path):
+    done = spot_responder(
+        "replay",
+        "--ray-address",
+        cluster.address,
+        "--ledger",
+        str(tmp_path / "l.sqlite3"),
+        str(EVENTS / "spot-interruption-head-node.json"),
+    )
+
+    assert done.returncode == 0
+    assert "ALERTED (head)" in done.stdout
+    assert drained_by_ray(gcs) == set()
+    assert cluster.node_id_for(HEAD)
+
+
+def test_shutting_down_without_a_warning_drains_at_once_and_jobs_are_listed(cluster, gcs, tmp_path):
+    ledger = str(tmp_path / "ledger.sqlite3")
+
+    done = spot_responder(
+        "replay",
+        "--ray-address",
+        cluster.address,
+        "--ledger",
+        ledger,
+        str(EVENTS / "state-change-shutting-down.json"),
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert drained_by_ray(gcs) == {cluster.node_id_for(X86_WORKER)}
+    shown = json.loads(spot_responder("ledger", "show", X86_WORKER, "--ledger", ledger).stdout)
+    assert shown[0]["status"] == "drained"
