@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install replay test unit lint typecheck validate pr clean
+.PHONY: install replay test unit lint typecheck validate stack pr clean
 
 $(STAMP): requirements.txt functions/requirements.txt ray_hooks/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,11 @@ validate: $(STAMP)
 	SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint
 	$(BIN)/cfn-lint template.yaml
 
-pr: lint typecheck validate test
+## checkov on the template and `sam build` (Python 3.12), in their own venv.
+stack: $(STAMP)
+	./.ci/stack-checks
+
+pr: lint typecheck validate stack test
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
