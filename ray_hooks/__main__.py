@@ -1,0 +1,147 @@
+"""`python -m ray_hooks respond|describe`: one JSON document on stdout, logs on stderr.
+
+    python -m ray_hooks respond [--address ADDR] [--request-b64-env VAR]
+    python -m ray_hooks describe [--address ADDR]
+
+`respond` reads the request from stdin, or base64 from the environment variable VAR (what
+the SSM document does). The address is --address, else $RAY_ADDRESS, else the local
+cluster. Exit codes: 0 response printed, 2 invalid request, 3 Ray cluster unreachable.
+"""
+
+from __future__ import annotations
+
+import time
+
+#: Taken first, so that `timings` count Ray's import and the connection too.
+_STARTED = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import NoReturn, TextIO  # noqa: E402
+
+from ray_hooks.cluster import ClusterUnreachable, connect, resolve_address  # noqa: E402
+from ray_hooks.contract import (  # noqa: E402
+    InvalidRequest,
+    JsonObject,
+    RespondRequest,
+    decode_base64_request,
+    error_document,
+    parse_request,
+)
+
+log = logging.getLogger("ray_hooks")
+
+EXIT_OK = 0
+EXIT_INVALID_REQUEST = 2
+EXIT_CLUSTER_UNREACHABLE = 3
+MAX_REQUEST_CHARS = 1_000_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are invalid requests: exit code 2 with the JSON error, not argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidRequest(f"usage: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m ray_hooks", description=__doc__.splitlines()[0])
+    operations = parser.add_subparsers(dest="operation", required=True, parser_class=_Parser)
+    respond = operations.add_parser("respond", help="drain the nodes of a request, then analyse")
+    respond.add_argument("--address", help="GCS address host:port (default $RAY_ADDRESS, auto)")
+    respond.add_argument(
+        "--request-b64-env", metavar="VAR", help="read the request, base64, from env var VAR"
+    )
+    describe = operations.add_parser("describe", help="list the cluster's nodes and labels")
+    describe.add_argument("--address", help="GCS address host:port (default $RAY_ADDRESS, auto)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    level = os.environ.get("RAY_HOOKS_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    with _stdout_reserved_for_the_answer() as answer:
+        code, document = _run(argv)
+        answer.write(json.dumps(document) + "\n")
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> tuple[int, JsonObject]:
+    try:
+        args = _parser().parse_args(argv)
+        if args.operation == "respond":
+            return EXIT_OK, _respond(_read_request(args.request_b64_env), args.address)
+        return EXIT_OK, _describe(args.address)
+    except InvalidRequest as exc:
+        log.error("invalid request: %s", exc)
+        return EXIT_INVALID_REQUEST, error_document(str(exc))
+    except ClusterUnreachable as exc:
+        log.error("Ray cluster unreachable: %s", exc)
+        return EXIT_CLUSTER_UNREACHABLE, error_document(str(exc))
+    except Exception as exc:  # never a traceback on stdout; retryable for the Lambda
+        log.exception("unexpected failure")
+        return EXIT_CLUSTER_UNREACHABLE, error_document(f"internal error: {exc!r}")
+
+
+def _read_request(b64_env: str | None) -> RespondRequest:
+    if b64_env is not None:
+        encoded = os.environ.get(b64_env, "")
+        if not encoded.strip():
+            raise InvalidRequest(f"environment variable {b64_env} is not set or empty")
+        if len(encoded) > MAX_REQUEST_CHARS:
+            raise InvalidRequest(f"request is larger than {MAX_REQUEST_CHARS} characters")
+        return parse_request(decode_base64_request(encoded))
+    text = sys.stdin.read(MAX_REQUEST_CHARS + 1)
+    if len(text) > MAX_REQUEST_CHARS:
+        raise InvalidRequest(f"request is larger than {MAX_REQUEST_CHARS} characters")
+    return parse_request(text)
+
+
+def _respond(request: RespondRequest, address_flag: str | None) -> JsonObject:
+    from ray_hooks.respond import respond
+
+    log.info(
+        "request %s: %d notice(s) for cluster %s",
+        request.request_id,
+        len(request.notices),
+        request.cluster,
+    )
+    address = resolve_address(address_flag)
+    response = respond(request, address, connect(address), _STARTED)
+    return response.to_json()
+
+
+def _describe(address_flag: str | None) -> JsonObject:
+    from ray_hooks.describe import describe
+
+    address = resolve_address(address_flag)
+    return describe(connect(address)).to_json()
+
+
+@contextmanager
+def _stdout_reserved_for_the_answer() -> Iterator[TextIO]:
+    """Send whatever else writes to stdout (Ray, C++ logs) to stderr; yield the real stdout."""
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(real_stdout), "w", encoding="utf-8") as answer:
+            yield answer
+    finally:
+        sys.stdout.flush()
+        os.dup2(real_stdout, 1)
+        os.close(real_stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""`ray_hooks describe`: the cluster's nodes that are not dead, with their instance labels.
+
+On a laptop this stands in for the EC2 tags: it tells which instance id each Ray node
+plays, so local replay can resolve the instance ids used in the sample events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray_hooks.cluster import ray_version
+from ray_hooks.contract import DescribedNode, DescribeResponse
+from ray_hooks.nodes import list_nodes
+
+
+def describe(gcs: Any) -> DescribeResponse:
+    """Alive and draining nodes, head first, then by instance id."""
+    nodes = sorted(
+        (node for node in list_nodes(gcs) if node.is_alive),
+        key=lambda node: (not node.is_head, node.instance_id or "", node.node_id),
+    )
+    return DescribeResponse(
+        ray_version=ray_version(),
+        nodes=tuple(
+            DescribedNode(
+                ray_node_id=node.node_id,
+                instance_id=node.instance_id,
+                ip=node.ip,
+                node_group=node.node_group,
+                market_type=node.market_type,
+                is_head=node.is_head,
+                state=node.state,
+            )
+            for node in nodes
+        ),
+    )

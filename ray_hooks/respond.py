@@ -1,0 +1,145 @@
+"""`ray_hooks respond`: find each notice's node, drain first, then analyse, then answer.
+
+Every drain is issued before any analysis starts: the drain is what saves work, and it must
+not wait for the state API. The analysis is best effort - when Ray cannot say what runs on
+a node, the drains still stand and the message says the impact is unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from ray_hooks.cluster import ClusterUnreachable, ray_version
+from ray_hooks.contract import (
+    JobImpact,
+    Notice,
+    NoticeResult,
+    RespondRequest,
+    RespondResponse,
+    Timings,
+)
+from ray_hooks.drain import ALREADY_DRAINING, DRAIN_REJECTED, DRAINED, Drain, drain_node
+from ray_hooks.impact import node_impacts
+from ray_hooks.nodes import DRAINING, RayNode, find_node, list_nodes
+
+log = logging.getLogger(__name__)
+
+ANALYSED = "analysed"
+NODE_NOT_FOUND = "node-not-found"
+#: Outcomes after which the node is still there to be analysed.
+_ANALYSED_AFTER = frozenset({DRAINED, ALREADY_DRAINING, ANALYSED, DRAIN_REJECTED})
+
+ImpactAnalysis = Callable[[str, Any, set[str]], dict[str, tuple[JobImpact, ...]]]
+
+
+@dataclass(frozen=True)
+class _Handled:
+    """A notice after its node was looked up and, if asked, drained."""
+
+    notice: Notice
+    node: RayNode | None
+    outcome: str
+    message: str
+    drain: Drain | None = None
+
+
+def respond(
+    request: RespondRequest,
+    address: str,
+    gcs: Any,
+    started: float,
+    analysis: ImpactAnalysis = node_impacts,
+) -> RespondResponse:
+    """Handle every notice of the request; `started` is the time.perf_counter() of the start."""
+    nodes = _nodes(gcs)
+    drained: dict[str, datetime | None] = {}
+    handled = [_handle(notice, nodes, gcs, request, drained) for notice in request.notices]
+    drain_s = time.perf_counter() - started
+    impacts, unknown = _analyse(address, gcs, handled, analysis)
+    results = tuple(_result(item, impacts, unknown) for item in handled)
+    return RespondResponse(
+        cluster=request.cluster,
+        request_id=request.request_id,
+        ray_version=ray_version(),
+        results=results,
+        timings=Timings(drain_s=drain_s, total_s=time.perf_counter() - started),
+    )
+
+
+def _nodes(gcs: Any) -> tuple[RayNode, ...]:
+    try:
+        return list_nodes(gcs)
+    except Exception as exc:  # ray.exceptions.RpcError when the GCS stops answering
+        raise ClusterUnreachable(f"cannot list the Ray nodes: {exc}") from exc
+
+
+def _handle(
+    notice: Notice,
+    nodes: tuple[RayNode, ...],
+    gcs: Any,
+    request: RespondRequest,
+    drained: dict[str, datetime | None],
+) -> _Handled:
+    match = find_node(nodes, notice.instance_id, notice.private_ip)
+    node = match.node
+    if node is None:
+        return _Handled(notice, None, NODE_NOT_FOUND, match.explanation)
+    how = f"; {match.explanation}" if match.found_by == "ip" else ""
+    if notice.action != "drain" and not node.is_head:
+        return _Handled(notice, node, ANALYSED, f"analysed only, not drained{how}")
+    if node.node_id in drained:  # the same node twice in one request
+        node = replace(node, state=DRAINING, drain_deadline=drained[node.node_id])
+    drain = drain_node(gcs, node, notice.drain_deadline, _reason(request, notice))
+    if drain.outcome == DRAINED:
+        drained[node.node_id] = drain.deadline
+    return _Handled(notice, node, drain.outcome, drain.message + how, drain)
+
+
+def _reason(request: RespondRequest, notice: Notice) -> str:
+    """What Ray records as the reason (a preempted node dies 'Terminated due to preemption: …')."""
+    return (
+        f"spot-responder: {notice.kind} notice for {notice.instance_id} "
+        f"(request {request.request_id})"
+    )
+
+
+def _analyse(
+    address: str, gcs: Any, handled: list[_Handled], analysis: ImpactAnalysis
+) -> tuple[dict[str, tuple[JobImpact, ...]], str]:
+    node_ids = {
+        item.node.node_id
+        for item in handled
+        if item.node is not None and item.outcome in _ANALYSED_AFTER
+    }
+    if not node_ids:
+        return {}, ""
+    try:
+        return analysis(address, gcs, node_ids), ""
+    except Exception as exc:  # the drains stand; say the impact is unknown
+        log.exception("impact analysis failed")
+        return {}, " ".join(f"impact unknown: {exc}".split())
+
+
+def _result(
+    item: _Handled, impacts: dict[str, tuple[JobImpact, ...]], unknown: str
+) -> NoticeResult:
+    node = item.node
+    message = item.message
+    if node is not None and item.outcome in _ANALYSED_AFTER and unknown:
+        message = f"{message}; {unknown}"
+    return NoticeResult(
+        notice_id=item.notice.notice_id,
+        instance_id=item.notice.instance_id,
+        outcome=item.outcome,
+        message=message,
+        ray_node_id=None if node is None else node.node_id,
+        node=None if node is None else node.summary(),
+        drain_deadline=None if item.drain is None else item.drain.deadline,
+        drain_issued_at=None if item.drain is None else item.drain.issued_at,
+        impacted_jobs=impacts.get(node.node_id, ()) if node is not None else (),
+    )
