@@ -52,6 +52,8 @@ class LedgerEntry:
     recorded_at: str
     """ISO-8601 UTC of the first delivery (the entry's age)."""
     updated_at: str
+    claimed_at: str = ""
+    """When the current attempt claimed it (staleness counts from here)."""
     detail: str = ""
     cluster: str | None = None
     node_type: str | None = None
@@ -92,7 +94,8 @@ class LedgerEntry:
         return replace(self, status=status, updated_at=iso(now), **changes)
 
     def is_stale(self, now: datetime, after: timedelta) -> bool:
-        return self.status is Status.IN_PROGRESS and parse_iso(self.updated_at) < now - after
+        claimed = parse_iso(self.claimed_at or self.updated_at)
+        return self.status is Status.IN_PROGRESS and claimed < now - after
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ class ConditionalLedger:
                 again = replace(
                     merge_delivery(existing, entry.event_ids, now),
                     status=Status.IN_PROGRESS,
+                    claimed_at=iso(now),
                     attempts=existing.attempts + 1,
                     reason="",
                 )

@@ -28,7 +28,9 @@ from spot_responder.notices import Notice, NoticeKind, NoticeRejected, parse_eve
 from spot_responder.policy import Action, Decision, decide
 from spot_responder.settings import Settings
 
-STALE_CLAIM = timedelta(minutes=3)  # longer than the Lambda may run
+# A claim older than this cannot belong to a running invocation (the responder function
+# times out after 40 s): its notice is handled again.
+STALE_CLAIM = timedelta(seconds=45)
 MAX_PARALLEL_CLUSTERS = 8
 
 OUTCOME_STATUS = {
@@ -113,7 +115,8 @@ class Responder:
         for record in records:
             report.statuses[record.message_id] = RecordStatus.HANDLED
             try:
-                work.extend(self._claim_record(record, report, retime=retime))
+                in_flight = {w.entry.key for w in work}
+                work.extend(self._claim_record(record, report, in_flight, retime=retime))
             except LedgerUnavailable as exc:
                 self._retry(record, report, str(exc))
         if work:
@@ -124,8 +127,9 @@ class Responder:
     # -- parse and claim -------------------------------------------------------------
 
     def _claim_record(
-        self, record: InboundRecord, report: BatchReport, *, retime: bool
+        self, record: InboundRecord, report: BatchReport, in_flight: set[str], *, retime: bool
     ) -> list[_Work]:
+        """Claim the record's notices; `in_flight`: keys this batch already claimed."""
         now = self.clock()
         try:
             notices = parse_event(record.body)
@@ -147,10 +151,15 @@ class Responder:
             claim = self.ledger.claim(
                 self._new_entry(notice, now), now=now, stale_after=STALE_CLAIM
             )
-            if claim.is_duplicate:
-                report.notices.append(NoticeReport(record.message_id, claim.entry, True))
+            if not claim.is_duplicate:
+                claimed.append(_Work(record, notice, claim.entry))
                 continue
-            claimed.append(_Work(record, notice, claim.entry))
+            report.notices.append(NoticeReport(record.message_id, claim.entry, True))
+            held = claim.duplicate_of
+            if held and held.status is Status.IN_PROGRESS and held.key not in in_flight:
+                # Another invocation holds it, or held it and died: come back later, when
+                # it is finished (then a duplicate) or stale (then ours).
+                self._retry(record, report, f"{held.key} is being handled elsewhere")
         return claimed
 
     def _new_entry(self, notice: Notice, now: datetime) -> LedgerEntry:
@@ -162,6 +171,7 @@ class Responder:
             status=Status.IN_PROGRESS,
             recorded_at=iso(now),
             updated_at=iso(now),
+            claimed_at=iso(now),
             notice_time=iso(notice.time),
             event_ids=(notice.event_id,),
             expires_at=self._expiry(now),

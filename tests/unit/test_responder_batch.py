@@ -1,13 +1,14 @@
 """A batch through the Lambda's handler code: one request per cluster, every notice recorded."""
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from spot_responder.adapters.ledger_sqlite import SqliteLedger
 from spot_responder.handlers.responder import respond
 from spot_responder.ledger import Status
-from spot_responder.responder import RecordStatus, Responder
+from spot_responder.responder import STALE_CLAIM, RecordStatus, Responder
 from spot_responder.settings import Settings
 from tests.support import (
     ARM_WORKER,
@@ -193,3 +194,39 @@ def test_impacted_jobs_reach_the_ledger_and_its_job_view(responder, ledger):
     (hit,) = ledger.job_hits("ray-on-aws#01000000")
     assert hit.instance_id == X86_WORKER
     assert json.loads(json.dumps(hit.impact))["tasks_running"] == 1
+
+
+def test_notice_held_by_an_invocation_that_died_is_retried_then_taken_over(ledger, channel):
+    # GIVEN an invocation that claimed the warning and died before finishing
+    clock = {"now": datetime(2026, 11, 22, 10, 0, tzinfo=UTC)}
+    directory = FakeDirectory(ray_instance(X86_WORKER))
+    responder = Responder(
+        directory=directory,
+        channel=channel,
+        ledger=ledger,
+        settings=Settings(),
+        clock=lambda: clock["now"],
+    )
+    dying = Responder(
+        directory=directory,
+        channel=FakeChannel(failure=KeyboardInterrupt()),
+        ledger=ledger,
+        settings=Settings(),
+        clock=lambda: clock["now"],
+    )
+    batch = sqs_event(warning_for(X86_WORKER, "x"))
+    with pytest.raises(KeyboardInterrupt):
+        respond(batch, None, dying)
+
+    # WHEN the batch comes back a few seconds later, the claim still looks alive
+    clock["now"] += timedelta(seconds=5)
+    soon, _ = respond(batch, None, responder)
+    # AND once the claim has outlived any invocation
+    clock["now"] += STALE_CLAIM
+    later, _ = respond(batch, None, responder)
+
+    # THEN it was retried rather than dropped, and then handled once
+    assert len(soon["batchItemFailures"]) == 1
+    assert later == {"batchItemFailures": []}
+    assert channel.drained == [X86_WORKER]
+    assert ledger.get(f"{X86_WORKER}#spot-interruption").status is Status.DRAINED
