@@ -295,11 +295,10 @@ def test_cluster_allowlist_narrows_send_command_to_the_listed_clusters():
     assert globals_env["CLUSTER_ALLOWLIST"] == {"Ref": "ClusterAllowlist"}
 
 
-def test_dynamodb_access_is_limited_to_the_stacks_two_tables(stack):
+def test_dynamodb_access_is_limited_to_the_ledger_table_and_its_index(stack):
     tables = {
         "<LedgerTable.Arn>",
         "<LedgerTable.Arn>/index/by-job",
-        "<IdempotencyTable.Arn>",
     }
     granted = [s for s in stack.statements() if any(a.startswith("dynamodb:") for a in actions(s))]
     assert granted
@@ -514,7 +513,6 @@ def test_functions_get_every_setting_the_code_reads():
         "REBALANCE_ACTION",
         "REPLACEMENT_MODE",
         "POOL_UNAVAILABLE_MINUTES",
-        "IDEMPOTENCY_TABLE",
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_METRICS_NAMESPACE",
         "POWERTOOLS_LOG_LEVEL",
