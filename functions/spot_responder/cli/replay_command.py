@@ -111,7 +111,10 @@ def _cluster(address: str | None, *, quiet: bool) -> Iterator[str]:
         return
     from spot_responder.cli.embedded import EmbeddedRayCluster, start_sample_workload
 
-    say = (lambda _msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr)
+
     say("starting an embedded local Ray cluster (head + 2 spot workers)...")
     with EmbeddedRayCluster() as cluster:
         workload = start_sample_workload(cluster.address)
