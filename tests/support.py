@@ -85,6 +85,13 @@ class FakeChannel:
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     drained: list[str] = field(default_factory=list)
 
+    def call(self, cluster: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Any other operation (reconcile): what was released and what is still wanted."""
+        self.requests.append((cluster, request))
+        if self.failure is not None:
+            raise self.failure
+        return {"version": 1, "cluster": cluster, "released": ["r-1"], "outstanding": []}
+
     def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse:
         self.requests.append((cluster, request))
         if self.failure is not None:
@@ -120,3 +127,15 @@ class FakeChannel:
 
 UNREACHABLE = ChannelUnavailable("no running head node tagged for cluster 'ray-on-aws'")
 REFUSED = ClusterRefused("ray_hooks refused the request: bad version")
+
+
+class LambdaContext:
+    """What the Lambda runtime passes as `context`, enough for Powertools."""
+
+    function_name = "spot-responder-test"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-west-2:123456789012:function:spot-responder-test"
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 40_000

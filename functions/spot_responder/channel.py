@@ -19,4 +19,10 @@ class ClusterRefused(RuntimeError):
 
 
 class ClusterChannel(Protocol):
-    def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse: ...
+    def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse:
+        """Send a `respond` request; the parsed response."""
+        ...
+
+    def call(self, cluster: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Run any operation of the contract; the head node's JSON answer as is."""
+        ...

@@ -19,7 +19,7 @@ from spot_responder.responder import Responder
 from spot_responder.settings import Settings
 from tests import cfn
 from tests.aws import Aws, moto_server
-from tests.support import load_event
+from tests.support import LambdaContext, load_event
 
 pytestmark = pytest.mark.aws
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -293,3 +293,35 @@ def lambda_record(message, queue_url, sqs):
         "eventSourceARN": arn,
         "awsRegion": "us-west-2",
     }
+
+
+def test_scheduled_reconcile_reaches_every_cluster_with_a_head_and_never_raises(
+    aws, cluster, monkeypatch
+):
+    from spot_responder.handlers import reconcile as handler
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("RESPOND_DOCUMENT", ssm_document(aws))
+    monkeypatch.setenv("COMMAND_TIMEOUT_SECONDS", "5")
+    handler.aws_parts.cache_clear()
+    sent = []
+    try:
+        _, channel, _ = handler.aws_parts()
+        channel._poll_s = 0.05
+        channel._ssm.meta.events.register(
+            "provide-client-params.ssm.SendCommand", lambda params, **_: sent.append(params)
+        )
+
+        result = handler.lambda_handler({}, LambdaContext())
+    finally:
+        handler.aws_parts.cache_clear()
+
+    # moto runs no command, so the head "fails": reported per cluster, not raised
+    (reconciled,) = result["clusters"]
+    assert reconciled["cluster"] == "ray-on-aws"
+    assert reconciled["error"]
+    (params,) = sent
+    assert params["Parameters"]["Operation"] == ["reconcile"]
+    assert params["InstanceIds"] == [cluster["head"]["InstanceId"]]

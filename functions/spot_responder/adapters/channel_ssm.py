@@ -39,12 +39,20 @@ class SsmClusterChannel:
         self._clock = clock
 
     def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse:
+        answer = self.call(cluster, request)
+        try:
+            return parse_response(answer)
+        except ContractError as exc:
+            raise ChannelUnavailable(f"unreadable answer from the head node: {exc}") from exc
+
+    def call(self, cluster: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one operation on the cluster's head node; its JSON answer."""
         head = self._directory.head_of(cluster)
         if head is None:
             raise ChannelUnavailable(f"no running head node tagged for cluster {cluster!r}")
         command_id = self._send_command(head.instance_id, request)
         invocation = self._wait(command_id, head.instance_id)
-        return self._response(invocation)
+        return self._answer(invocation)
 
     def _send_command(self, instance_id: str, request: dict[str, Any]) -> str:
         payload = base64.b64encode(json.dumps(request, separators=(",", ":")).encode()).decode()
@@ -52,7 +60,7 @@ class SsmClusterChannel:
             sent = self._ssm.send_command(
                 InstanceIds=[instance_id],
                 DocumentName=self.document,
-                Parameters={"Operation": ["respond"], "Request": [payload]},
+                Parameters={"Operation": [str(request["operation"])], "Request": [payload]},
                 TimeoutSeconds=max(30, int(self.timeout_s)),
                 Comment=f"spot-responder {request.get('request_id', '')}"[:100],
             )
@@ -82,7 +90,7 @@ class SsmClusterChannel:
                     f"after {self.timeout_s:.0f} s"
                 )
 
-    def _response(self, invocation: dict[str, Any]) -> ClusterResponse:
+    def _answer(self, invocation: dict[str, Any]) -> dict[str, Any]:
         output = invocation.get("StandardOutputContent") or ""
         code = invocation.get("ResponseCode")
         if code == EXIT_INVALID_REQUEST:
@@ -93,6 +101,9 @@ class SsmClusterChannel:
                 f"command {invocation.get('Status')} (exit {code}): {detail or 'no output'}"
             )
         try:
-            return parse_response(json.loads(output))
-        except (json.JSONDecodeError, ContractError) as exc:
+            answer = json.loads(output)
+        except json.JSONDecodeError as exc:
             raise ChannelUnavailable(f"unreadable answer from the head node: {exc}") from exc
+        if not isinstance(answer, dict):
+            raise ChannelUnavailable("unreadable answer from the head node: not an object")
+        return answer

@@ -48,6 +48,16 @@ class Ec2Directory:
         ]
         return heads[0] if heads else None
 
+    def clusters_with_heads(self) -> list[str]:
+        """Every Ray cluster that has a running head node in this account and region."""
+        heads = self._instances(
+            [
+                {"Name": f"tag:{TAG_NODE_KIND}", "Values": ["head"]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ]
+        )
+        return sorted({c for c in (_instance(raw).cluster for raw in heads) if c})
+
     def _instances(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
             pages = self._ec2.get_paginator("describe_instances").paginate(Filters=filters)
