@@ -1,0 +1,378 @@
+"""A real Ray autoscaler on one machine: the ``fake_multinode`` provider, no Docker.
+
+The head node runs ``RAY_FAKE_CLUSTER=1 ray start --head --block --autoscaling-config=...``
+in a process group of its own, on free ports and in a fresh temp dir. The autoscaler
+(monitor) on that head launches "nodes" as local raylets in the same process group, so
+tearing the cluster down is one ``os.killpg`` on the group this helper created. It never
+runs ``ray stop`` and never uses ``AutoscalingCluster.start()`` (which runs
+``ray stop --force`` and would end every Ray process on the machine).
+
+Worker node types mirror production (``ray_hooks/bundle`` / the seed's ``ray up`` config):
+x86 and arm, spot and on-demand. Each type carries
+
+- a custom resource marker of its own (``x86_spot_worker`` has ``{"x86_spot_worker": 1}``,
+  the seed's ``Intel``/``Graviton`` idea, one marker per type), so a bundle can name the
+  type by resource;
+- the labels ``ray.io/market-type`` (``spot``/``on-demand``) and ``spot-responder/arch``.
+
+How a fake node is identified: the provider names worker ``n`` as
+``fffff...f<n:05d>`` (56 hex digits) and starts its raylet with
+``RAY_OVERRIDE_NODE_ID_FOR_TESTING`` and ``RAY_CLOUD_INSTANCE_ID`` both set to that name.
+So the Ray node id IS the provider node id, and ``GcsNodeInfo.instance_id`` carries it
+too; node-type labels are static per type, so there is no per-node
+``spot-responder/instance-id`` label on fake nodes. The node type reaches Ray as
+``GcsNodeInfo.node_type_name`` (``RAY_NODE_TYPE_NAME``).
+
+Use :func:`fake_autoscaling_cluster` (a context manager) or the pytest fixture
+:func:`autoscaler_cluster` (import it into a test module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# The fake provider's fixed id for the head node (and the base of every worker id).
+FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
+# The fake provider tags its head node with this type, whatever the config says.
+HEAD_NODE_TYPE = "ray.head.default"
+FAKE_PROVIDER_CLASS = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+MARKET_LABEL = "ray.io/market-type"
+NODE_GROUP_LABEL = "ray.io/node-group"
+ARCH_LABEL = "spot-responder/arch"
+OBJECT_STORE_BYTES = 100 * 1024 * 1024  # keep /dev/shm use small: many clusters share it
+_RAY_BIN = Path(sys.executable).with_name("ray")
+
+
+@dataclass(frozen=True)
+class WorkerType:
+    """One worker node type of the fake cluster."""
+
+    name: str
+    market: str  # "spot" | "on-demand"
+    arch: str  # "x86_64" | "arm64"
+    cpus: int = 1
+    max_workers: int = 1
+    min_workers: int = 0
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "resources": {
+                "CPU": self.cpus,
+                self.name: 1,
+                "object_store_memory": OBJECT_STORE_BYTES,
+            },
+            # ray.io/node-group is spelled out: a fake node would otherwise inherit the
+            # head's RAY_NODE_TYPE_NAME from the autoscaler process that spawns it.
+            "labels": {
+                MARKET_LABEL: self.market,
+                NODE_GROUP_LABEL: self.name,
+                ARCH_LABEL: self.arch,
+            },
+            "node_config": {},
+            "min_workers": self.min_workers,
+            "max_workers": self.max_workers,
+        }
+
+
+PRODUCTION_WORKER_TYPES: tuple[WorkerType, ...] = (
+    WorkerType("x86_spot_worker", "spot", "x86_64"),
+    WorkerType("arm_spot_worker", "spot", "arm64"),
+    WorkerType("x86_ondemand_worker", "on-demand", "x86_64"),
+    WorkerType("arm_ondemand_worker", "on-demand", "arm64"),
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_ip_address() -> str:
+    """The IP the fake provider's raylets will use (same code path as Ray's)."""
+    from ray._private.services import get_node_ip_address
+
+    return str(get_node_ip_address())
+
+
+def autoscaling_config(
+    gcs_address: str,
+    worker_types: tuple[WorkerType, ...] = PRODUCTION_WORKER_TYPES,
+    *,
+    max_workers: int = 3,
+    idle_timeout_minutes: float = 5.0,
+    autoscaler_v2: bool = True,
+) -> dict[str, Any]:
+    """A complete cluster config for the fake provider (all defaults spelled out)."""
+    # "external" + the fake provider's class, not type "fake_multinode": Ray 2.60's
+    # wheel lacks fake_multi_node/example.yaml, the defaults file that type loads, so
+    # the autoscaler v2 monitor dies on start with FileNotFoundError.
+    provider: dict[str, Any] = {
+        "type": "external",
+        "module": FAKE_PROVIDER_CLASS,
+        "gcs_address": gcs_address,
+        # What the provider's own example.yaml sets; without them autoscaler v1 sees
+        # every fake node as "launch failed" and replaces it in a loop.
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+    }
+    if autoscaler_v2:
+        # v2 launches through the instance manager; the head must be found by its id.
+        provider["launch_multiple"] = True
+        provider["head_node_id"] = FAKE_HEAD_NODE_ID
+    node_types: dict[str, Any] = {w.name: w.config() for w in worker_types}
+    node_types[HEAD_NODE_TYPE] = {
+        "resources": {"CPU": 0},
+        "labels": {MARKET_LABEL: "on-demand"},
+        "node_config": {},
+        "max_workers": 0,
+    }
+    return {
+        "cluster_name": "spot-responder-fake",
+        "max_workers": max_workers,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "docker": {},
+        "provider": provider,
+        "auth": {"ssh_user": "ray"},
+        "available_node_types": node_types,
+        "head_node_type": HEAD_NODE_TYPE,
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    """An alive or dead node as the GCS sees it."""
+
+    node_id: str  # hex; on fake workers this equals the provider node id
+    instance_id: str
+    node_type: str
+    alive: bool
+    is_head: bool
+    labels: Mapping[str, str]
+    resources: Mapping[str, float]
+    start_time_ms: int
+
+
+@dataclass
+class FakeAutoscalingCluster:
+    """A head node with the real autoscaler and the fake_multinode provider."""
+
+    worker_types: tuple[WorkerType, ...] = PRODUCTION_WORKER_TYPES
+    autoscaler_v2: bool = True
+    max_workers: int = 3
+    idle_timeout_minutes: float = 5.0
+    include_dashboard: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    temp_dir: str = ""
+    gcs_address: str = ""
+    config_path: str = ""
+    _proc: subprocess.Popen[bytes] | None = None
+    _log_path: str = ""
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self, timeout_s: float = 60.0) -> FakeAutoscalingCluster:
+        # Short path: Ray's unix sockets live under it (108-byte limit).
+        self.temp_dir = tempfile.mkdtemp(prefix="rsr-as-", dir="/tmp")
+        port = free_port()
+        self.gcs_address = f"{node_ip_address()}:{port}"
+        config = autoscaling_config(
+            self.gcs_address,
+            self.worker_types,
+            max_workers=self.max_workers,
+            idle_timeout_minutes=self.idle_timeout_minutes,
+            autoscaler_v2=self.autoscaler_v2,
+        )
+        self.config_path = os.path.join(self.temp_dir, "ray_bootstrap_config.yaml")
+        Path(self.config_path).write_text(yaml.safe_dump(config))
+        cmd = [
+            str(_RAY_BIN),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--temp-dir={self.temp_dir}",
+            f"--autoscaling-config={self.config_path}",
+            "--num-cpus=0",
+            f"--object-store-memory={OBJECT_STORE_BYTES}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--include-dashboard={'true' if self.include_dashboard else 'false'}",
+            f"--dashboard-port={free_port()}",
+            "--disable-usage-stats",
+        ]
+        env = dict(os.environ)
+        for key in ("RAY_ADDRESS", "RAY_enable_autoscaler_v2"):
+            env.pop(key, None)
+        env.update(
+            {
+                "RAY_FAKE_CLUSTER": "1",
+                "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                "RAY_NODE_TYPE_NAME": HEAD_NODE_TYPE,
+                "RAY_NODE_MARKET_TYPE": "on-demand",
+                "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
+                "RAY_enable_autoscaler_v2": "1" if self.autoscaler_v2 else "0",
+            }
+        )
+        env.update(self.extra_env)
+        self._log_path = os.path.join(self.temp_dir, "ray-start.log")
+        with open(self._log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        try:
+            self.wait_for(lambda: self._head_alive(), timeout_s, "the head node to be alive")
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def shutdown(self) -> None:
+        """End the process group this cluster created, then remove its temp dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _kill_group(proc)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> FakeAutoscalingCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- observation -----------------------------------------------------------------
+    def nodes(self) -> list[FakeNode]:
+        """All nodes the GCS knows about (alive and dead)."""
+        from ray._raylet import GcsClient
+
+        client = GcsClient(address=self.gcs_address)
+        out = []
+        for node_id, info in client.get_all_node_info(timeout=10).items():
+            out.append(
+                FakeNode(
+                    node_id=node_id.hex(),
+                    instance_id=info.instance_id,
+                    node_type=info.node_type_name,
+                    alive=info.state == 0,
+                    is_head=info.is_head_node,
+                    labels=dict(info.labels),
+                    resources=dict(info.resources_total),
+                    start_time_ms=info.start_time_ms,
+                )
+            )
+        return out
+
+    def alive_workers(self) -> list[FakeNode]:
+        return [n for n in self.nodes() if n.alive and not n.is_head]
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+        """Poll ``condition`` every 0.25 s; return the seconds it took."""
+        start = time.monotonic()
+        last_error: Exception | None = None
+        while time.monotonic() - start < timeout_s:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"ray start exited ({self._proc.returncode}): {self.log()}")
+            try:
+                if condition():
+                    return time.monotonic() - start
+            except Exception as exc:  # the GCS may not be up yet
+                last_error = exc
+            time.sleep(0.25)
+        raise TimeoutError(f"timed out after {timeout_s}s waiting for {what} ({last_error!r})")
+
+    def log(self, tail: int = 4000) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self._log_path).read_text(errors="replace")[-tail:]
+        return ""
+
+    def monitor_log(self, tail: int = 6000) -> str:
+        """The autoscaler's own log (for failure messages)."""
+        logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
+        with contextlib.suppress(OSError, IndexError):
+            return logs[-1].read_text(errors="replace")[-tail:]
+        return ""
+
+    def _head_alive(self) -> bool:
+        return any(n.is_head and n.alive for n in self.nodes())
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM the process group of ``proc`` (which it leads), then SIGKILL what is left."""
+    pgid = proc.pid  # start_new_session=True: the child leads a group with its own pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def fake_autoscaling_cluster(**kwargs: Any) -> Iterator[FakeAutoscalingCluster]:
+    cluster = FakeAutoscalingCluster(**kwargs)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def autoscaler_cluster() -> Iterator[FakeAutoscalingCluster]:
+    """A fake_multinode cluster (autoscaler v2, production node types) per test module."""
+    with fake_autoscaling_cluster() as cluster:
+        yield cluster
+
+
+def describe(cluster: FakeAutoscalingCluster) -> str:
+    """One line per alive node, for failure messages and printed timings."""
+    return json.dumps(
+        [
+            {"type": n.node_type, "id": n.node_id[-5:], "labels": dict(n.labels)}
+            for n in cluster.nodes()
+            if n.alive
+        ]
+    )
