@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,13 +21,21 @@ def free_port() -> int:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
+    """A moto server with nothing in it.
+
+    moto keeps its state per process, not per server: every server starts from a reset,
+    so that suites cannot see each other's queues, tables or instances.
+    """
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+        urllib.request.urlopen(reset, timeout=10).close()
+        yield endpoint
     finally:
         server.stop()
 
