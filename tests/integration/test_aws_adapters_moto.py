@@ -298,6 +298,7 @@ def lambda_record(message, queue_url, sqs):
 def test_scheduled_reconcile_reaches_every_cluster_with_a_head_and_never_raises(
     aws, cluster, monkeypatch
 ):
+    from spot_responder.handlers import aws as factory
     from spot_responder.handlers import reconcile as handler
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
@@ -305,10 +306,10 @@ def test_scheduled_reconcile_reaches_every_cluster_with_a_head_and_never_raises(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("RESPOND_DOCUMENT", ssm_document(aws))
     monkeypatch.setenv("COMMAND_TIMEOUT_SECONDS", "5")
-    handler.aws_parts.cache_clear()
+    factory.clear()
     sent = []
     try:
-        _, channel, _ = handler.aws_parts()
+        channel = factory.channel()
         channel._poll_s = 0.05
         channel._ssm.meta.events.register(
             "provide-client-params.ssm.SendCommand", lambda params, **_: sent.append(params)
@@ -316,7 +317,7 @@ def test_scheduled_reconcile_reaches_every_cluster_with_a_head_and_never_raises(
 
         result = handler.lambda_handler({}, LambdaContext())
     finally:
-        handler.aws_parts.cache_clear()
+        factory.clear()
 
     # moto runs no command, so the head "fails": reported per cluster, not raised
     (reconciled,) = result["clusters"]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
@@ -16,14 +14,11 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spot_responder.adapters.channel_ssm import SsmClusterChannel
-from spot_responder.adapters.instances_ec2 import Ec2Directory
-from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
 from spot_responder.adapters.retry_sqs import SqsRetryDelay
+from spot_responder.handlers import aws
 from spot_responder.ledger import Status, parse_iso
 from spot_responder.observability import logger, metrics, tracer
 from spot_responder.responder import BatchReport, InboundRecord, RecordStatus, Responder
-from spot_responder.settings import Settings
 
 # Every record fails alike when a cluster is down: report them all for retry rather
 # than failing the invocation.
@@ -34,25 +29,13 @@ class NoticeNotHandledYet(Exception):
     """Raised for a record that failed for a passing reason: the queue delivers it again."""
 
 
-@lru_cache(maxsize=1)
 def aws_responder() -> Responder:
-    settings = Settings.from_env()
-    if not settings.ledger_table or not settings.respond_document:
-        raise RuntimeError("LEDGER_TABLE and RESPOND_DOCUMENT must be set")
-    directory = Ec2Directory(boto3.client("ec2"))
-    channel = SsmClusterChannel(
-        boto3.client("ssm"),
-        directory,
-        settings.respond_document,
-        timeout_s=settings.command_timeout_s,
+    return Responder(
+        directory=aws.directory(),
+        channel=aws.channel(),
+        ledger=aws.ledger(),
+        settings=aws.settings(),
     )
-    ledger = DynamoDbLedger(boto3.resource("dynamodb").Table(settings.ledger_table))
-    return Responder(directory=directory, channel=channel, ledger=ledger, settings=settings)
-
-
-@lru_cache(maxsize=1)
-def aws_retry_delay() -> SqsRetryDelay:
-    return SqsRetryDelay(boto3.client("sqs"), Settings.from_env().retry_delay_s)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -65,7 +48,7 @@ def lambda_handler(
     retry_delay: SqsRetryDelay | None = None,
 ) -> dict[str, Any]:
     response, _ = respond(
-        event, context, responder or aws_responder(), retry_delay=retry_delay or aws_retry_delay()
+        event, context, responder or aws_responder(), retry_delay=retry_delay or aws.retry_delay()
     )
     return response
 
