@@ -54,6 +54,8 @@ class LedgerEntry:
     updated_at: str
     claimed_at: str = ""
     """When the current attempt claimed it (staleness counts from here)."""
+    claimed_by: str = ""
+    """The queue delivery that made the current claim: `message-id#receive-count`."""
     detail: str = ""
     cluster: str | None = None
     node_type: str | None = None
@@ -96,6 +98,22 @@ class LedgerEntry:
     def is_stale(self, now: datetime, after: timedelta) -> bool:
         claimed = parse_iso(self.claimed_at or self.updated_at)
         return self.status is Status.IN_PROGRESS and claimed < now - after
+
+    def is_left_by_earlier_receive(self, claimant: str) -> bool:
+        """In progress for an earlier receive of the very message `claimant` delivers again.
+
+        The queue hands a message out again only once the invocation that had it gave it
+        back or timed out, so nobody is working on that claim any more (an outcome write
+        that failed, or an invocation that died).
+        """
+        held, again = _delivery(self.claimed_by), _delivery(claimant)
+        return (
+            self.status is Status.IN_PROGRESS
+            and held is not None
+            and again is not None
+            and held[0] == again[0]
+            and held[1] < again[1]
+        )
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,16 @@ def merge_delivery(existing: LedgerEntry, event_ids: Iterable[str], now: datetim
     )
 
 
+def delivery_of(message_id: str, receive_count: int) -> str:
+    """What `claimed_by` holds: one receive of one queue message."""
+    return f"{message_id}#{receive_count}"
+
+
+def _delivery(text: str) -> tuple[str, int] | None:
+    message_id, _, count = text.rpartition("#")
+    return (message_id, int(count)) if message_id and count.isdigit() else None
+
+
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -226,11 +254,16 @@ class ConditionalLedger:
                 if self._write_if(entry, None):
                     return Claim(entry)
                 continue
-            if existing.status.reclaimable or existing.is_stale(now, stale_after):
+            if (
+                existing.status.reclaimable
+                or existing.is_stale(now, stale_after)
+                or existing.is_left_by_earlier_receive(entry.claimed_by)
+            ):
                 again = replace(
                     merge_delivery(existing, entry.event_ids, now),
                     status=Status.IN_PROGRESS,
                     claimed_at=iso(now),
+                    claimed_by=entry.claimed_by,
                     attempts=existing.attempts + 1,
                     reason="",
                 )

@@ -23,7 +23,14 @@ from spot_responder.contract import (
     build_request,
 )
 from spot_responder.instances import DirectoryUnavailable, Instance, InstanceDirectory
-from spot_responder.ledger import Ledger, LedgerEntry, LedgerUnavailable, Status, iso
+from spot_responder.ledger import (
+    Ledger,
+    LedgerEntry,
+    LedgerUnavailable,
+    Status,
+    delivery_of,
+    iso,
+)
 from spot_responder.notices import Notice, NoticeKind, NoticeRejected, parse_event
 from spot_responder.policy import Action, Decision, decide
 from spot_responder.settings import Settings
@@ -149,7 +156,7 @@ class Responder:
             if retime:
                 notice = notice.retimed(now)
             claim = self.ledger.claim(
-                self._new_entry(notice, now), now=now, stale_after=STALE_CLAIM
+                self._new_entry(notice, now, record), now=now, stale_after=STALE_CLAIM
             )
             if not claim.is_duplicate:
                 claimed.append(_Work(record, notice, claim.entry))
@@ -162,7 +169,7 @@ class Responder:
                 self._retry(record, report, f"{held.key} is being handled elsewhere")
         return claimed
 
-    def _new_entry(self, notice: Notice, now: datetime) -> LedgerEntry:
+    def _new_entry(self, notice: Notice, now: datetime, record: InboundRecord) -> LedgerEntry:
         return LedgerEntry(
             key=notice.key,
             instance_id=notice.instance_id,
@@ -172,6 +179,7 @@ class Responder:
             recorded_at=iso(now),
             updated_at=iso(now),
             claimed_at=iso(now),
+            claimed_by=delivery_of(record.message_id, record.receive_count),
             notice_time=iso(notice.time),
             event_ids=(notice.event_id,),
             expires_at=self._expiry(now),
@@ -211,16 +219,20 @@ class Responder:
             work.clear()
             return
         now = self.clock()
+        decided = []
         for item in work:
             item.instance = instances.get(item.notice.instance_id)
+            try:
+                warned = self._was_warned(item.notice)
+            except LedgerUnavailable as exc:
+                self._fail(item, report, str(exc))
+                continue
             item.decision = decide(
-                item.notice,
-                item.instance,
-                self.settings,
-                warned=self._was_warned(item.notice),
-                now=now,
+                item.notice, item.instance, self.settings, warned=warned, now=now
             )
             item.entry = _describe(item.entry, item.instance, item.decision)
+            decided.append(item)
+        work[:] = decided
 
     def _was_warned(self, notice: Notice) -> bool:
         if notice.kind not in {NoticeKind.STATE_CHANGE, NoticeKind.REBALANCE_RECOMMENDATION}:

@@ -13,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from spot_responder.adapters.instances_ec2 import Ec2Directory
 from spot_responder.channel import ChannelUnavailable, ClusterRefused
 from spot_responder.contract import ClusterResponse, ContractError, parse_response
+from spot_responder.instances import DirectoryUnavailable
 
 EXIT_INVALID_REQUEST = 2
 TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"}
@@ -47,7 +48,10 @@ class SsmClusterChannel:
 
     def call(self, cluster: str, request: dict[str, Any]) -> dict[str, Any]:
         """Run one operation on the cluster's head node; its JSON answer."""
-        head = self._directory.head_of(cluster)
+        try:
+            head = self._directory.head_of(cluster)
+        except DirectoryUnavailable as exc:
+            raise ChannelUnavailable(f"cannot look up the head node of {cluster!r}: {exc}") from exc
         if head is None:
             raise ChannelUnavailable(f"no running head node tagged for cluster {cluster!r}")
         command_id = self._send_command(head.instance_id, request)

@@ -120,6 +120,7 @@ def _item_of(entry: LedgerEntry) -> dict[str, Any]:
 def _entry_from_item(item: dict[str, Any]) -> LedgerEntry:
     data = {k: v for k, v in item.items() if k not in {"pk", "sk"}}
     data["key"] = item["pk"]
+    data.setdefault("instance_id", None)  # not stored when None (rejected, unhandled)
     data["impacted_jobs"] = json.loads(item.get("impacted_jobs") or "[]")
     return LedgerEntry.from_dict(data)
 
