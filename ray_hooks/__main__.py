@@ -33,6 +33,7 @@ from ray_hooks.contract import (  # noqa: E402
     error_document,
     parse_request,
 )
+from ray_hooks.output_limit import fit_response  # noqa: E402
 
 log = logging.getLogger("ray_hooks")
 
@@ -118,7 +119,7 @@ def _respond(request: RespondRequest, address_flag: str | None) -> JsonObject:
     )
     address = resolve_address(address_flag)
     response = respond(request, address, connect(address), _STARTED)
-    return response.to_json()
+    return fit_response(response.to_json())
 
 
 def _describe(address_flag: str | None) -> JsonObject:

@@ -20,6 +20,11 @@ CONTRACT_VERSION = 1
 MAX_NOTICES = 200
 #: At most this many tasks and actors are listed per job (the totals count them all).
 MAX_LISTED_ITEMS = 20
+#: At most this many reasons per job; the last one then says how many more there were.
+MAX_REASONS = 10
+WILL_RECOVER = "will-recover"
+AT_RISK = "at-risk"
+VERDICTS = frozenset({WILL_RECOVER, AT_RISK})
 
 KINDS = frozenset(
     {"spot-interruption", "rebalance-recommendation", "state-change", "scheduled-change"}
@@ -188,12 +193,19 @@ class TaskSummary:
     name: str
     attempt: int
     running_s: float
+    #: "task", "actor-call" or "actor-creation" (Ray's NORMAL_TASK, ACTOR_TASK, ...)
+    kind: str = "task"
+    #: Whether Ray retries it when the node goes, judged by Ray's default retry limits
+    #: (Ray 2.60 does not publish a running task's own max_retries; see ray_hooks.verdict).
+    retries_left: bool = True
 
     def to_json(self) -> JsonObject:
         return {
             "task_id": self.task_id,
             "name": self.name,
+            "kind": self.kind,
             "attempt": self.attempt,
+            "retries_left": self.retries_left,
             "running_s": round(self.running_s, 1),
         }
 
@@ -208,6 +220,13 @@ class ActorSummary:
     max_restarts: int
     num_restarts: int
     detached: bool
+    #: Restarts Ray gave it because its node was preempted (they do not count).
+    num_restarts_due_to_preemption: int = 0
+
+    @property
+    def will_restart(self) -> bool:
+        """Ray restarts it elsewhere: any max_restarts but 0 (preemption restarts are free)."""
+        return self.max_restarts != 0
 
     def to_json(self) -> JsonObject:
         return {
@@ -216,27 +235,55 @@ class ActorSummary:
             "name": self.name,
             "max_restarts": self.max_restarts,
             "num_restarts": self.num_restarts,
+            "num_restarts_due_to_preemption": self.num_restarts_due_to_preemption,
             "detached": self.detached,
+            "will_restart": self.will_restart,
         }
 
 
 @dataclass(frozen=True)
+class ObjectsSummary:
+    """A job's objects with a copy on the node: how many, bytes, how many go with the node."""
+
+    count: int = 0
+    bytes: int = 0
+    lost_count: int = 0
+
+    def to_json(self) -> JsonObject:
+        return {"count": self.count, "bytes": self.bytes, "lost_count": self.lost_count}
+
+
+@dataclass(frozen=True)
 class JobImpact:
-    """What one Ray job has on the node: totals, and at most MAX_LISTED_ITEMS of each."""
+    """What one Ray job has on the node: totals, and at most MAX_LISTED_ITEMS of each; whether
+    Ray will recover it (`verdict`), why (`reasons`, each naming a task, actor or object), and
+    the seconds of task work that Ray will run again (`compute_redone_s`)."""
 
     job_id: str
     tasks_running: int = 0
     tasks: tuple[TaskSummary, ...] = ()
     actors_alive: int = 0
     actors: tuple[ActorSummary, ...] = ()
+    verdict: str = WILL_RECOVER
+    reasons: tuple[str, ...] = ()
+    objects: ObjectsSummary = ObjectsSummary()
+    compute_redone_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {self.verdict!r}")
 
     def to_json(self) -> JsonObject:
         return {
             "job_id": self.job_id,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons[:MAX_REASONS]),
             "tasks_running": self.tasks_running,
             "tasks": [task.to_json() for task in self.tasks[:MAX_LISTED_ITEMS]],
             "actors_alive": self.actors_alive,
             "actors": [actor.to_json() for actor in self.actors[:MAX_LISTED_ITEMS]],
+            "objects": self.objects.to_json(),
+            "compute_redone_s": round(self.compute_redone_s, 1),
         }
 
 

@@ -23,6 +23,7 @@ from ray_hooks.contract import (
     JobImpact,
     NodeSummary,
     NoticeResult,
+    ObjectsSummary,
     RespondResponse,
     TaskSummary,
     Timings,
@@ -65,16 +66,24 @@ def rebuild_result(result: dict[str, Any]) -> NoticeResult:
         node=None if result["node"] is None else NodeSummary(**result["node"]),
         drain_deadline=moment(result["drain_deadline"]),
         drain_issued_at=moment(result["drain_issued_at"]),
-        impacted_jobs=tuple(
-            JobImpact(
-                job_id=job["job_id"],
-                tasks_running=job["tasks_running"],
-                tasks=tuple(TaskSummary(**task) for task in job["tasks"]),
-                actors_alive=job["actors_alive"],
-                actors=tuple(ActorSummary(**actor) for actor in job["actors"]),
-            )
-            for job in result["impacted_jobs"]
+        impacted_jobs=tuple(rebuild_job(job) for job in result["impacted_jobs"]),
+    )
+
+
+def rebuild_job(job: dict[str, Any]) -> JobImpact:
+    return JobImpact(
+        job_id=job["job_id"],
+        tasks_running=job["tasks_running"],
+        tasks=tuple(TaskSummary(**task) for task in job["tasks"]),
+        actors_alive=job["actors_alive"],
+        actors=tuple(
+            ActorSummary(**{k: v for k, v in actor.items() if k != "will_restart"})
+            for actor in job["actors"]
         ),
+        verdict=job["verdict"],
+        reasons=tuple(job["reasons"]),
+        objects=ObjectsSummary(**job["objects"]),
+        compute_redone_s=job["compute_redone_s"],
     )
 
 

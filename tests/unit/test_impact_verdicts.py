@@ -1,0 +1,289 @@
+"""The verdict per job, the object kinds read from ids, and the response kept under SSM's limit."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from ray_hooks.contract import (
+    AT_RISK,
+    MAX_REASONS,
+    WILL_RECOVER,
+    ActorSummary,
+    JobImpact,
+    NodeSummary,
+    NoticeResult,
+    RespondResponse,
+    TaskSummary,
+    Timings,
+)
+from ray_hooks.objects import job_of, object_kind
+from ray_hooks.output_limit import MAX_RESPONSE_CHARS, fit_response, size_of
+from ray_hooks.verdict import (
+    ACTOR_CALL,
+    ACTOR_CALL_RETURN,
+    PUT,
+    TASK,
+    TASK_RETURN,
+    StoredObject,
+    judge,
+    objects_summary,
+    retries_left,
+)
+
+JOB = "01000000"
+#: Ids as Ray 2.60 makes them (measured): a driver's ray.put, a task's return, an actor
+#: call's return.
+DRIVER_PUT = "00ffffffffffffffffffffffffffffffffffffff0100000001e1f505"
+TASK_PUT = "00310a0f0a45af5cffffffffffffffffffffffff0100000002e1f505"
+RETURN = "c2668a65bda616c1ffffffffffffffffffffffff0100000001000000"
+ACTOR_RETURN = "f4402ec78d3a260732d944ea238596387063abbe0100000001000000"
+
+
+def task(name: str = "step", attempt: int = 0, kind: str = TASK, running_s: float = 10.0) -> Any:
+    return TaskSummary(
+        task_id=f"{name:x<16}"[:16] + "f" * 24 + JOB,
+        name=name,
+        attempt=attempt,
+        running_s=running_s,
+        kind=kind,
+        retries_left=retries_left(kind, attempt),
+    )
+
+
+def actor(max_restarts: int, num_restarts: int = 0, preempted: int = 0, **kw: Any) -> Any:
+    return ActorSummary(
+        actor_id="7b7c6ff2aa1f4c5c9f7b3a2e01000000",
+        class_name=kw.get("class_name", "Counter"),
+        name=kw.get("name", "counter"),
+        max_restarts=max_restarts,
+        num_restarts=num_restarts,
+        detached=kw.get("detached", False),
+        num_restarts_due_to_preemption=preempted,
+    )
+
+
+def stored(object_id: str, *, only_here: bool = True, owner_here: bool = False) -> StoredObject:
+    return StoredObject(
+        object_id=object_id,
+        job_id=job_of(object_id),
+        size=2_000_000,
+        kind=object_kind(object_id),
+        only_copy_here=only_here,
+        owner_here=owner_here,
+    )
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def test_actor_with_max_restarts_zero_puts_the_job_at_risk_and_is_named() -> None:
+    judgement = judge([], [actor(0, name="ledger-writer", detached=True)], [])
+
+    assert judgement.verdict == AT_RISK
+    (reason,) = judgement.reasons
+    assert 'detached actor Counter "ledger-writer" (7b7c6ff2aa1f4c5c9f7b3a2e01000000)' in reason
+    assert "max_restarts=0" in reason
+
+
+@pytest.mark.parametrize(
+    ("max_restarts", "num_restarts", "preempted", "phrase"),
+    [
+        (-1, 5, 0, "max_restarts=-1"),
+        (2, 1, 0, "max_restarts=2, 1 used"),
+        (1, 3, 2, "max_restarts=1, 1 used"),  # preemption restarts do not count
+    ],
+)
+def test_restartable_actor_recovers_and_loses_its_state(
+    max_restarts: int, num_restarts: int, preempted: int, phrase: str
+) -> None:
+    judgement = judge([], [actor(max_restarts, num_restarts, preempted)], [])
+
+    assert judgement.verdict == WILL_RECOVER
+    assert phrase in judgement.reasons[0]
+    assert "state is lost" in judgement.reasons[0]
+
+
+def test_actor_with_its_restarts_used_up_recovers_only_through_a_free_preemption_restart() -> None:
+    judgement = judge([], [actor(2, num_restarts=2)], [])
+
+    assert judgement.verdict == WILL_RECOVER
+    assert "only because restarts after a preemption are free" in judgement.reasons[0]
+    assert "after the drain deadline" in judgement.reasons[0]
+
+
+def test_tasks_with_retries_left_recover_and_their_running_time_is_redone() -> None:
+    judgement = judge([task(running_s=12.5), task(running_s=7.5)], [], [])
+
+    assert judgement.verdict == WILL_RECOVER
+    assert judgement.compute_redone_s == 20.0
+    (reason,) = judgement.reasons
+    assert reason.startswith('2 tasks "step" (stepxxxxxxxxxxxx, stepxxxxxxxxxxxx)')
+    assert "does not publish a task's own max_retries" in reason
+
+
+def test_task_on_its_last_default_attempt_is_at_risk_and_not_counted_as_redone() -> None:
+    judgement = judge([task(attempt=3, running_s=30)], [], [])
+
+    assert judgement.verdict == AT_RISK
+    assert "attempt 3: no retry left" in judgement.reasons[0]
+    assert judgement.compute_redone_s == 0
+
+
+def test_running_actor_calls_are_at_risk_because_actor_calls_are_not_retried_by_default() -> None:
+    calls = [task("Counter.add", kind=ACTOR_CALL) for _ in range(2000)]
+
+    judgement = judge(calls, [actor(-1)], [])
+
+    assert judgement.verdict == AT_RISK
+    assert judgement.reasons[0].startswith('2000 actor calls "Counter.add"')
+    assert "+1997 more" in judgement.reasons[0]
+    assert "max_task_retries" in judgement.reasons[0]
+
+
+def test_put_object_with_its_only_copy_on_the_node_is_at_risk_and_named() -> None:
+    judgement = judge([task()], [], [stored(DRIVER_PUT)])
+
+    assert judgement.verdict == AT_RISK
+    assert judgement.reasons[0].startswith(f"object {DRIVER_PUT}, 2.0 MB (ray.put)")
+    assert "cannot be rebuilt" in judgement.reasons[0]
+
+
+def test_lost_task_return_is_rebuilt_from_lineage() -> None:
+    judgement = judge([], [], [stored(RETURN)])
+
+    assert judgement.verdict == WILL_RECOVER
+    assert "rebuilt from lineage" in judgement.reasons[0]
+
+
+def test_object_whose_owner_lives_on_the_node_is_lost_even_with_a_copy_elsewhere() -> None:
+    judgement = judge([], [], [stored(RETURN, only_here=False, owner_here=True)])
+
+    assert judgement.verdict == AT_RISK
+    assert "owner lives on the node" in judgement.reasons[0]
+
+
+def test_objects_with_a_copy_elsewhere_recover_and_are_counted() -> None:
+    objects = [stored(DRIVER_PUT, only_here=False), stored(RETURN)]
+
+    judgement = judge([], [], objects)
+    summary = objects_summary(objects)
+
+    assert judgement.verdict == WILL_RECOVER
+    assert (summary.count, summary.bytes, summary.lost_count) == (2, 4_000_000, 1)
+
+
+def test_objects_not_checked_make_the_job_at_risk_and_say_why() -> None:
+    judgement = judge([task()], [], [], objects_unknown="no raylet listed its objects")
+
+    assert judgement.verdict == AT_RISK
+    assert judgement.reasons[0] == "objects on the node not checked: no raylet listed its objects"
+
+
+def test_reasons_are_capped_and_say_how_many_more() -> None:
+    tasks = [task(f"step{i}", attempt=3) for i in range(15)]
+
+    judgement = judge(tasks, [], [])
+
+    assert len(judgement.reasons) == MAX_REASONS
+    assert judgement.reasons[-1] == "+6 more reason(s)"
+
+
+# ---------------------------------------------------------------- object ids
+
+
+@pytest.mark.parametrize(
+    ("object_id", "kind"),
+    [(DRIVER_PUT, PUT), (TASK_PUT, PUT), (RETURN, TASK_RETURN), (ACTOR_RETURN, ACTOR_CALL_RETURN)],
+)
+def test_object_kind_is_read_from_the_id(object_id: str, kind: str) -> None:
+    assert object_kind(object_id) == kind
+    assert job_of(object_id) == JOB
+
+
+# ---------------------------------------------------------------- size
+
+
+def big_response(notices: int, jobs: int, tasks: int) -> RespondResponse:
+    def job(n: int) -> JobImpact:
+        listed = tuple(task(f"preprocess_shard_{i:05d}", running_s=i) for i in range(tasks))
+        judgement = judge(
+            listed,
+            [actor(0, name=f"a{i}") for i in range(3)],
+            [stored(DRIVER_PUT)] * 5,
+        )
+        return JobImpact(
+            job_id=f"{n:08x}",
+            tasks_running=tasks,
+            tasks=listed[:20],
+            actors_alive=3,
+            actors=tuple(actor(0, name=f"a{i}") for i in range(3)),
+            verdict=judgement.verdict if n % 2 else WILL_RECOVER,
+            reasons=judgement.reasons,
+            objects=objects_summary([stored(DRIVER_PUT)] * 5),
+            compute_redone_s=judgement.compute_redone_s,
+        )
+
+    return RespondResponse(
+        cluster="ray-on-aws",
+        request_id="req-big",
+        ray_version="2.60.0",
+        results=tuple(
+            NoticeResult(
+                notice_id=f"i-0a1b2c3d4e5f{n:05d}#spot-interruption",
+                instance_id=f"i-0a1b2c3d4e5f{n:05d}",
+                outcome="drained",
+                message="drain accepted by GCS (reason PREEMPTION)",
+                ray_node_id="eb" * 28,
+                node=NodeSummary("10.0.1.11", "x86_spot_worker", "spot", "ALIVE"),
+                drain_deadline=datetime(2026, 11, 22, 10, 1, 45, tzinfo=UTC),
+                drain_issued_at=datetime(2026, 11, 22, 10, 0, 1, tzinfo=UTC),
+                impacted_jobs=tuple(job(j) for j in range(jobs)),
+            )
+            for n in range(notices)
+        ),
+        timings=Timings(drain_s=0.02, total_s=1.5),
+    )
+
+
+@pytest.mark.parametrize(
+    ("notices", "jobs", "tasks"), [(1, 5, 2000), (1, 200, 50), (10, 20, 500), (30, 10, 100)]
+)
+def test_response_with_many_jobs_and_tasks_fits_ssm_output_and_keeps_at_risk_jobs(
+    notices: int, jobs: int, tasks: int
+) -> None:
+    document = big_response(notices, jobs, tasks).to_json()
+    assert size_of(document) > MAX_RESPONSE_CHARS  # the case is big enough to need cutting
+
+    started = time.perf_counter()
+    fitted = fit_response(document)
+    seconds = time.perf_counter() - started
+
+    printed = json.dumps(fitted)
+    assert len(printed) + 1 <= 24_000
+    assert seconds < 2
+    kept = [job for result in fitted["results"] for job in result["impacted_jobs"]]
+    assert kept, "at least some job impact survives"
+    for job in kept:
+        assert job["verdict"] in {"at-risk", "will-recover"}
+        assert job["reasons"], "every kept job keeps a reason"
+        assert job["tasks_running"] == tasks
+    for before, after in zip(document["results"], fitted["results"], strict=True):
+        kept_ids = {job["job_id"] for job in after["impacted_jobs"]}
+        dropped = [job for job in before["impacted_jobs"] if job["job_id"] not in kept_ids]
+        if any(job["verdict"] == "at-risk" for job in dropped):  # will-recover ones go first
+            assert all(job["verdict"] == "at-risk" for job in after["impacted_jobs"])
+        if dropped:
+            assert after["message"].endswith(
+                f"; {len(dropped)} impacted job(s) left out to fit SSM's output limit"
+            )
+
+
+def test_response_that_fits_is_printed_unchanged() -> None:
+    document = big_response(1, 2, 3).to_json()
+
+    assert fit_response(document) is document
