@@ -1,11 +1,13 @@
-"""`python -m ray_hooks respond|describe`: one JSON document on stdout, logs on stderr.
+"""`python -m ray_hooks respond|reconcile|describe`: one JSON document on stdout, logs on stderr.
 
     python -m ray_hooks respond [--address ADDR] [--request-b64-env VAR]
+    python -m ray_hooks reconcile [--address ADDR] [--request-b64-env VAR]
     python -m ray_hooks describe [--address ADDR]
 
-`respond` reads the request from stdin, or base64 from the environment variable VAR (what
-the SSM document does). The address is --address, else $RAY_ADDRESS, else the local
-cluster. Exit codes: 0 response printed, 2 invalid request, 3 Ray cluster unreachable.
+`respond` and `reconcile` read the request from stdin, or base64 from the environment
+variable VAR (what the SSM document does). The address is --address, else $RAY_ADDRESS,
+else the local cluster. Exit codes: 0 response printed, 2 invalid request, 3 Ray cluster
+unreachable.
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     respond.add_argument(
         "--request-b64-env", metavar="VAR", help="read the request, base64, from env var VAR"
     )
+    reconcile = operations.add_parser(
+        "reconcile", help="release replacement capacity that joined or expired"
+    )
+    reconcile.add_argument("--address", help="GCS address host:port (default $RAY_ADDRESS, auto)")
+    reconcile.add_argument(
+        "--request-b64-env", metavar="VAR", help="read the request, base64, from env var VAR"
+    )
     describe = operations.add_parser("describe", help="list the cluster's nodes and labels")
     describe.add_argument("--address", help="GCS address host:port (default $RAY_ADDRESS, auto)")
     return parser
@@ -81,7 +90,10 @@ def _run(argv: Sequence[str] | None) -> tuple[int, JsonObject]:
     try:
         args = _parser().parse_args(argv)
         if args.operation == "respond":
-            return EXIT_OK, _respond(_read_request(args.request_b64_env), args.address)
+            text = _read_request_text(args.request_b64_env)
+            return EXIT_OK, _respond(parse_request(text), args.address, text)
+        if args.operation == "reconcile":
+            return EXIT_OK, _reconcile(_read_request_text(args.request_b64_env), args.address)
         return EXIT_OK, _describe(args.address)
     except InvalidRequest as exc:
         log.error("invalid request: %s", exc)
@@ -94,22 +106,25 @@ def _run(argv: Sequence[str] | None) -> tuple[int, JsonObject]:
         return EXIT_CLUSTER_UNREACHABLE, error_document(f"internal error: {exc!r}")
 
 
-def _read_request(b64_env: str | None) -> RespondRequest:
+def _read_request_text(b64_env: str | None) -> str:
     if b64_env is not None:
         encoded = os.environ.get(b64_env, "")
         if not encoded.strip():
             raise InvalidRequest(f"environment variable {b64_env} is not set or empty")
         if len(encoded) > MAX_REQUEST_CHARS:
             raise InvalidRequest(f"request is larger than {MAX_REQUEST_CHARS} characters")
-        return parse_request(decode_base64_request(encoded))
+        return decode_base64_request(encoded)
     text = sys.stdin.read(MAX_REQUEST_CHARS + 1)
     if len(text) > MAX_REQUEST_CHARS:
         raise InvalidRequest(f"request is larger than {MAX_REQUEST_CHARS} characters")
-    return parse_request(text)
+    return text
 
 
-def _respond(request: RespondRequest, address_flag: str | None) -> JsonObject:
+def _respond(request: RespondRequest, address_flag: str | None, text: str) -> JsonObject:
+    from ray_hooks.capacity import notice_replacements
     from ray_hooks.respond import respond
+
+    replacements = notice_replacements(text)  # invalid options: exit 2 before Ray is touched
 
     log.info(
         "request %s: %d notice(s) for cluster %s",
@@ -118,8 +133,27 @@ def _respond(request: RespondRequest, address_flag: str | None) -> JsonObject:
         request.cluster,
     )
     address = resolve_address(address_flag)
-    response = respond(request, address, connect(address), _STARTED)
+    response = respond(request, address, connect(address), _STARTED, replacements=replacements)
     return fit_response(response.to_json())
+
+
+def _reconcile(text: str, address_flag: str | None) -> JsonObject:
+    from ray_hooks.capacity import (
+        CapacityUnavailable,
+        parse_reconcile_request,
+        reconcile,
+        reconcile_response,
+    )
+    from ray_hooks.cluster import ray_version
+
+    request = parse_reconcile_request(text)
+    log.info("request %s: reconcile capacity of cluster %s", request.request_id, request.cluster)
+    address = resolve_address(address_flag)
+    try:
+        result = reconcile(connect(address))
+    except CapacityUnavailable as exc:
+        raise ClusterUnreachable(str(exc)) from exc
+    return reconcile_response(request, result, ray_version(), time.perf_counter() - _STARTED)
 
 
 def _describe(address_flag: str | None) -> JsonObject:

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray_hooks.contract import InvalidRequest
+
 SPOT = "spot"
 ON_DEMAND = "on-demand"
 SPOT_FIRST = "spot-first"
@@ -66,8 +68,8 @@ _GRAVITON_INSTANCE = re.compile(r"^(a1|[a-z]+\d+g[a-z]*)\.")
 _ARCH_MARKERS = {"Graviton": ARM64, "Intel": X86_64}
 
 
-class InvalidReplacement(ValueError):
-    """The `replacement` part of a request breaks the contract (one line for people)."""
+class InvalidReplacement(InvalidRequest):
+    """A notice's `replacement` object breaks the contract (one line for people; exit code 2)."""
 
 
 # ---------------------------------------------------------------- node types

@@ -3,17 +3,26 @@
 Every drain is issued before any analysis starts: the drain is what saves work, and it must
 not wait for the state API. The analysis is best effort - when Ray cannot say what runs on
 a node, the drains still stand and the message says the impact is unknown.
+
+Between the drains and the analysis, notices that carry `replacement` options get their
+replacement capacity asked of the autoscaler (ray_hooks.capacity); never before a drain.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from ray_hooks.capacity import (
+    CapacityRequest,
+    HandledNotice,
+    RespondWithCapacity,
+    replacements_for,
+)
 from ray_hooks.cluster import ClusterUnreachable, ray_version
 from ray_hooks.contract import (
     JobImpact,
@@ -26,6 +35,7 @@ from ray_hooks.contract import (
 from ray_hooks.drain import ALREADY_DRAINING, DRAIN_REJECTED, DRAINED, Drain, drain_node
 from ray_hooks.impact import node_impacts
 from ray_hooks.nodes import DRAINING, RayNode, find_node, list_nodes
+from ray_hooks.replacement import ReplacementOptions
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +64,29 @@ def respond(
     gcs: Any,
     started: float,
     analysis: ImpactAnalysis = node_impacts,
+    replacements: Sequence[ReplacementOptions | None] | None = None,
 ) -> RespondResponse:
-    """Handle every notice of the request; `started` is the time.perf_counter() of the start."""
+    """Handle every notice of the request; `started` is the time.perf_counter() of the start.
+
+    `replacements`: each notice's replacement options, same order (None: no notice has any).
+    """
     nodes = _nodes(gcs)
     drained: dict[str, datetime | None] = {}
     handled = [_handle(notice, nodes, gcs, request, drained) for notice in request.notices]
     drain_s = time.perf_counter() - started
+    capacity = _replace(gcs, handled, replacements)
     impacts, unknown = _analyse(address, gcs, handled, analysis)
     results = tuple(_result(item, impacts, unknown) for item in handled)
-    return RespondResponse(
+    response = RespondResponse(
         cluster=request.cluster,
         request_id=request.request_id,
         ray_version=ray_version(),
         results=results,
         timings=Timings(drain_s=drain_s, total_s=time.perf_counter() - started),
     )
+    if capacity is None:
+        return response
+    return RespondWithCapacity(**vars(response), capacity_requests=capacity)
 
 
 def _nodes(gcs: Any) -> tuple[RayNode, ...]:
@@ -142,4 +160,29 @@ def _result(
         drain_deadline=None if item.drain is None else item.drain.deadline,
         drain_issued_at=None if item.drain is None else item.drain.issued_at,
         impacted_jobs=impacts.get(node.node_id, ()) if node is not None else (),
+    )
+
+
+# ---------------------------------------------------------------- replacement capacity
+
+
+def _replace(
+    gcs: Any, handled: list[_Handled], replacements: Sequence[ReplacementOptions | None] | None
+) -> tuple[CapacityRequest, ...] | None:
+    """Ask for the replacements of the drained nodes whose notice asked (ray_hooks.capacity)."""
+    if replacements is None:
+        return None
+    return replacements_for(
+        gcs,
+        [
+            HandledNotice(
+                notice_id=item.notice.notice_id,
+                instance_id=item.notice.instance_id,
+                outcome=item.outcome,
+                options=options,
+                ray_node_id=None if item.node is None else item.node.node_id,
+                node_type=None if item.node is None else item.node.node_group,
+            )
+            for item, options in zip(handled, replacements, strict=True)
+        ],
     )

@@ -13,15 +13,20 @@ x86 and arm, spot and on-demand. Each type carries
 - a custom resource marker of its own (``x86_spot_worker`` has ``{"x86_spot_worker": 1}``,
   the seed's ``Intel``/``Graviton`` idea, one marker per type), so a bundle can name the
   type by resource;
-- the labels ``ray.io/market-type`` (``spot``/``on-demand``) and ``spot-responder/arch``.
+- the labels ``ray.io/market-type`` (``spot``/``on-demand``), ``ray.io/node-group`` and
+  ``spot-responder/arch``, as the cluster bundle declares them.
+
+The head runs autoscaler v2, as ``ray up`` starts it since Ray 2.50
+(``autoscaler_v2=False`` runs v1). Nodes get 100 MiB of object store each.
 
 How a fake node is identified: the provider names worker ``n`` as
 ``fffff...f<n:05d>`` (56 hex digits) and starts its raylet with
 ``RAY_OVERRIDE_NODE_ID_FOR_TESTING`` and ``RAY_CLOUD_INSTANCE_ID`` both set to that name.
 So the Ray node id IS the provider node id, and ``GcsNodeInfo.instance_id`` carries it
-too; node-type labels are static per type, so there is no per-node
-``spot-responder/instance-id`` label on fake nodes. The node type reaches Ray as
-``GcsNodeInfo.node_type_name`` (``RAY_NODE_TYPE_NAME``).
+too. The node type reaches Ray as ``GcsNodeInfo.node_type_name`` (``RAY_NODE_TYPE_NAME``).
+Labels are static per node type, so a per-node ``spot-responder/instance-id`` label is
+only possible as a per-type label on a type with ``max_workers: 1``
+(``WorkerType.instance_id``): that is how a test lets ``ray_hooks respond`` find a node.
 
 Use :func:`fake_autoscaling_cluster` (a context manager) or the pytest fixture
 :func:`autoscaler_cluster` (import it into a test module).
@@ -55,6 +60,7 @@ FAKE_PROVIDER_CLASS = "ray.autoscaler._private.fake_multi_node.node_provider.Fak
 MARKET_LABEL = "ray.io/market-type"
 NODE_GROUP_LABEL = "ray.io/node-group"
 ARCH_LABEL = "spot-responder/arch"
+INSTANCE_ID_LABEL = "spot-responder/instance-id"
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # keep /dev/shm use small: many clusters share it
 _RAY_BIN = Path(sys.executable).with_name("ray")
 
@@ -69,8 +75,14 @@ class WorkerType:
     cpus: int = 1
     max_workers: int = 1
     min_workers: int = 0
+    #: An EC2-style id for the `spot-responder/instance-id` label. Labels are per type, so
+    #: this names the one node of a type with max_workers 1 (what `ray_hooks` finds it by).
+    instance_id: str | None = None
 
     def config(self) -> dict[str, Any]:
+        labels = {MARKET_LABEL: self.market, NODE_GROUP_LABEL: self.name, ARCH_LABEL: self.arch}
+        if self.instance_id is not None:
+            labels[INSTANCE_ID_LABEL] = self.instance_id
         return {
             "resources": {
                 "CPU": self.cpus,
@@ -79,11 +91,7 @@ class WorkerType:
             },
             # ray.io/node-group is spelled out: a fake node would otherwise inherit the
             # head's RAY_NODE_TYPE_NAME from the autoscaler process that spawns it.
-            "labels": {
-                MARKET_LABEL: self.market,
-                NODE_GROUP_LABEL: self.name,
-                ARCH_LABEL: self.arch,
-            },
+            "labels": labels,
             "node_config": {},
             "min_workers": self.min_workers,
             "max_workers": self.max_workers,

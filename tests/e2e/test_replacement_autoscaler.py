@@ -1,13 +1,15 @@
 """Replacement capacity on the real Ray autoscaler (v2, fake_multinode provider, no Docker).
 
 The cluster has the production node types plus a second x86 spot pool, `x86_spot_worker_2`,
-so that a spot interruption can be replaced on spot. Nodes idle for 6 s are removed, so a
-released request visibly gives its capacity back. Each test starts from a cluster without
-workers and prints how long the autoscaler took from the request to the node joining.
+so that a spot interruption can be replaced on spot; its one x86_spot_worker node is
+instance i-0a1b2c3d4e5f60001 (label spot-responder/instance-id). Nodes idle for 6 s are
+removed, so a released request visibly gives its capacity back. Each test starts from a
+cluster without workers and prints how long it took from the request to the node joining.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,19 +32,26 @@ from tests.autoscaler_cluster import (
     WorkerType,
     fake_autoscaling_cluster,
 )
+from tests.ray_hooks_support import notice, request, run_ray_hooks
 
 pytestmark = [pytest.mark.ray, pytest.mark.autoscaler]
 
 JOIN_TIMEOUT_S = 60  # ~3 s measured; a launch right after a node exited can take ~35 s
 IDLE_TIMEOUT_MINUTES = 0.1
-SECOND_SPOT_POOL = WorkerType("x86_spot_worker_2", SPOT, X86_64)
+SPOT_INSTANCE = "i-0a1b2c3d4e5f60001"
+WORKER_TYPES = (
+    WorkerType("x86_spot_worker", SPOT, X86_64, instance_id=SPOT_INSTANCE),
+    *PRODUCTION_WORKER_TYPES[1:],
+    WorkerType("x86_spot_worker_2", SPOT, X86_64),
+)
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[FakeAutoscalingCluster]:
     with fake_autoscaling_cluster(
-        worker_types=(*PRODUCTION_WORKER_TYPES, SECOND_SPOT_POOL),
+        worker_types=WORKER_TYPES,
         idle_timeout_minutes=IDLE_TIMEOUT_MINUTES,
+        include_dashboard=True,  # the impact analysis of `respond` asks the state API
     ) as started:
         yield started
 
@@ -160,6 +169,79 @@ def test_an_expired_request_is_released_and_the_constraint_cleared(
 
     assert [r.status for r in result.released] == [EXPIRED]
     assert _constraint(gcs) == []
+
+
+def test_respond_drains_then_asks_for_the_replacement_and_reconcile_releases_it(
+    cluster: FakeAutoscalingCluster, gcs: Any
+) -> None:
+    # GIVEN the x86 spot node of instance i-0a1b2c3d4e5f60001, kept up by a workload's request
+    from ray.autoscaler.v2.sdk import request_cluster_resources
+
+    workload = {"resources": {"CPU": 1.0, "x86_spot_worker": 1.0}, "label_selector": {}}
+    request_cluster_resources(cluster.gcs_address, [workload])
+    spot = _wait_for_join(cluster, "x86_spot_worker", time.monotonic())
+    warning = notice(SPOT_INSTANCE) | {
+        "replacement": {"mode": "spot-first", "unavailable_pools": ["arm_spot_worker@us-west-2a"]}
+    }
+
+    # WHEN the head node gets its spot interruption warning, with replacement options
+    started = time.monotonic()
+    run = run_ray_hooks(
+        "respond",
+        "--address",
+        cluster.gcs_address,
+        stdin=json.dumps(request(warning)),
+        env={"RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path},
+    )
+
+    # THEN the node was drained first, and the other x86 spot pool was asked for
+    assert run.code == 0, run.stderr
+    (result,) = run.document["results"]
+    assert (result["outcome"], result["ray_node_id"]) == ("drained", spot.node_id)
+    (capacity,) = run.document["capacity_requests"]
+    assert (capacity["status"], capacity["node_type"], capacity["market"]) == (
+        REQUESTED,
+        "x86_spot_worker_2",
+        SPOT,
+    ), capacity["reason"]
+    assert capacity["bundles"] == [{"CPU": 1.0, "x86_spot_worker_2": 1.0}]
+    print(f"\nrespond: drain_s {run.document['timings']['drain_s']}, total {run.seconds:.1f} s")
+    replacement = _wait_for_join(cluster, "x86_spot_worker_2", started)
+
+    # WHEN reconcile runs THEN the request is released: its replacement joined
+    reconciled = run_ray_hooks(
+        "reconcile",
+        "--address",
+        cluster.gcs_address,
+        stdin=json.dumps(
+            {"version": 1, "operation": "reconcile", "cluster": "ray-on-laptop", "request_id": "r1"}
+        ),
+    )
+    assert reconciled.code == 0, reconciled.stderr
+    assert [(r["status"], r["joined_node_id"]) for r in reconciled.document["released"]] == [
+        (JOINED, replacement.node_id)
+    ]
+    assert reconciled.document["outstanding"] == []
+    assert "x86_spot_worker@-" in reconciled.document["unavailable_pools"]
+    assert _constraint(gcs) == []
+
+
+def test_respond_refuses_malformed_replacement_options_before_touching_ray() -> None:
+    warning = notice(SPOT_INSTANCE) | {"replacement": {"mode": "cheapest"}}
+
+    run = run_ray_hooks("respond", "--address", "127.0.0.1:9", stdin=json.dumps(request(warning)))
+
+    assert run.code == 2, run.stderr
+    assert "notices[0].replacement.mode must be one of" in run.document["error"]
+
+
+def test_reconcile_refuses_a_request_of_another_operation_with_exit_code_2() -> None:
+    text = json.dumps({"version": 1, "operation": "respond", "cluster": "c", "request_id": "r"})
+
+    run = run_ray_hooks("reconcile", "--address", "127.0.0.1:9", stdin=text)
+
+    assert run.code == 2, run.stderr
+    assert "operation must be 'reconcile'" in run.document["error"]
 
 
 # ---------------------------------------------------------------- helpers
