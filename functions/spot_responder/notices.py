@@ -24,6 +24,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
 SPOT_NOTICE_WINDOW = timedelta(minutes=2)
 MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit for one event
+MAX_EVENT_ID_CHARS = 128  # EventBridge ids are UUIDs; an id becomes part of ledger keys
+# Times outside these are bad input, and the deadline arithmetic must not fall off the calendar.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class NoticeKind(StrEnum):
@@ -210,11 +214,22 @@ def parse_event(body: str | bytes | dict[str, Any]) -> list[Notice]:
     if parser is None:
         return []
     try:
-        return parser(event)
+        notices = parser(event)
     except ValidationError as exc:
         raise NoticeRejected(_one_line(exc, prefix="detail"), event.id) from None
     except NoticeRejected as exc:
         raise NoticeRejected(str(exc), event.id) from None
+    except OverflowError:  # a time so near the calendar's edge that UTC falls off it
+        raise NoticeRejected("a time in the event is out of range", event.id) from None
+    for notice in notices:
+        for moment in (notice.time, notice.termination_time):
+            if moment is not None and not EARLIEST_TIME <= moment <= LATEST_TIME:
+                raise NoticeRejected(
+                    f"time {moment.isoformat()} lies outside {EARLIEST_TIME.year} to "
+                    f"{LATEST_TIME.year}",
+                    event.id,
+                )
+    return notices
 
 
 def _envelope(body: str | bytes | dict[str, Any]) -> EventBridgeModel:
@@ -225,16 +240,32 @@ def _envelope(body: str | bytes | dict[str, Any]) -> EventBridgeModel:
             body = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise NoticeRejected(f"event is not JSON: {exc}"[:200]) from None
+        except RecursionError:
+            raise NoticeRejected("event is nested too deeply") from None
     if not isinstance(body, dict):
         raise NoticeRejected(f"event is a JSON {type(body).__name__}, not an object")
-    event_id = body.get("id") if isinstance(body.get("id"), str) else None
+    _require_storable_text(body)
+    raw_id = body.get("id")
+    event_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_EVENT_ID_CHARS else None
     try:
         event: EventBridgeModel = parse(event=body, model=EventBridgeModel)
     except ValidationError as exc:
         raise NoticeRejected(_one_line(exc), event_id) from None
+    if event_id is None:
+        raise NoticeRejected(f"field 'id' is longer than {MAX_EVENT_ID_CHARS} characters")
     if not isinstance(event.detail, dict):
         raise NoticeRejected("field 'detail' must be an object", event.id)
     return event
+
+
+def _require_storable_text(body: dict[str, Any]) -> None:
+    """JSON may escape lone surrogates ("\\ud800"); no ledger, log or UTF-8 can hold them."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise NoticeRejected("event holds text that is not Unicode (a lone surrogate)") from None
+    except RecursionError:
+        raise NoticeRejected("event is nested too deeply") from None
 
 
 def _one_line(exc: ValidationError, prefix: str = "") -> str:
