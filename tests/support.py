@@ -114,6 +114,18 @@ class FakeChannel:
                     "impacted_jobs": [{"job_id": "01000000", "tasks_running": 1}],
                 }
             )
+        capacity = [
+            {
+                "notice_id": n["notice_id"],
+                "instance_id": n["instance_id"],
+                "node_type": "x86_spot_worker_b",
+                "market": "spot",
+                "status": "requested",
+                "reason": f"mode {n['replacement']['mode']}",
+            }
+            for n in request["notices"]
+            if n.get("replacement")
+        ]
         return parse_response(
             {
                 "version": 1,
@@ -121,6 +133,7 @@ class FakeChannel:
                 "request_id": request["request_id"],
                 "ray_version": "2.60.0",
                 "results": results,
+                "capacity_requests": capacity,
             }
         )
 

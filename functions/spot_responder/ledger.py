@@ -71,6 +71,8 @@ class LedgerEntry:
     deliveries: int = 1
     event_ids: tuple[str, ...] = ()
     impacted_jobs: tuple[dict[str, Any], ...] = ()
+    replacement: dict[str, Any] | None = None
+    """The capacity request the head node made for this notice, if any."""
     expires_at: int = 0
 
     def to_dict(self) -> dict[str, Any]:

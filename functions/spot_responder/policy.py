@@ -31,6 +31,8 @@ class Decision:
     action: Action
     reason: str
     drain_deadline: datetime | None = None
+    replace: bool = False
+    """Ask the Ray autoscaler for the node's capacity elsewhere before it is gone."""
 
     @property
     def needs_cluster(self) -> bool:
@@ -70,12 +72,14 @@ def _decide_for_worker(
             Action.DRAIN,
             f"spot interruption ({notice.detail})",
             _deadline(notice.termination_time, margin, now),
+            replace=True,
         )
     if notice.kind is NoticeKind.SCHEDULED_CHANGE:
         return Decision(
             Action.DRAIN,
             f"scheduled change {notice.detail}",
             _deadline(notice.termination_time, margin, now),
+            replace=True,
         )
     if notice.kind is NoticeKind.REBALANCE_RECOMMENDATION:
         return _decide_rebalance(settings, warned=warned)
@@ -83,7 +87,9 @@ def _decide_for_worker(
     if notice.detail in STOPPING_STATES:
         if warned:
             return Decision(Action.RECORD, f"instance {notice.detail}; already drained on warning")
-        return Decision(Action.DRAIN, f"instance {notice.detail} without a warning", now)
+        return Decision(
+            Action.DRAIN, f"instance {notice.detail} without a warning", now, replace=True
+        )
     return Decision(Action.RECORD, f"instance {notice.detail}")
 
 
@@ -93,8 +99,12 @@ def _decide_rebalance(settings: Settings, *, warned: bool) -> Decision:
     if settings.rebalance_action is RebalanceAction.IGNORE:
         return Decision(Action.RECORD, "rebalance recommendation (configured to ignore)")
     if settings.rebalance_action is RebalanceAction.DRAIN:
-        return Decision(Action.DRAIN, "rebalance recommendation (configured to drain)")
-    return Decision(Action.ANALYSE, "rebalance recommendation: impact recorded, node kept")
+        return Decision(
+            Action.DRAIN, "rebalance recommendation (configured to drain)", replace=True
+        )
+    return Decision(
+        Action.ANALYSE, "rebalance recommendation: replacement asked for, node kept", replace=True
+    )
 
 
 def _deadline(termination: datetime | None, margin: timedelta, now: datetime) -> datetime | None:

@@ -97,6 +97,7 @@ class _Work:
     entry: LedgerEntry
     instance: Instance | None = None
     decision: Decision | None = None
+    avoid_pools: tuple[str, ...] = ()
 
 
 class Responder:
@@ -249,6 +250,8 @@ class Responder:
                 by_cluster[item.instance.cluster or ""].append(item)
             elif item.decision is not None:
                 self._finish(item, report, ACTION_STATUS[item.decision.action])
+        for items in by_cluster.values():
+            _avoid_pools_hit_in_this_batch(items)
         batches = [
             (cluster, items[start : start + MAX_NOTICES_PER_REQUEST])
             for cluster, items in by_cluster.items()
@@ -263,7 +266,8 @@ class Responder:
             self._apply(items, answer, report)
 
     def _ask(self, cluster: str, items: list[_Work]) -> ClusterResponse | Exception:
-        request = build_request(cluster, [_notice_request(i) for i in items])
+        mode = self.settings.replacement_mode.value
+        request = build_request(cluster, [_notice_request(i, mode) for i in items])
         try:
             return self.channel.send(cluster, request)
         except (ChannelUnavailable, ClusterRefused) as exc:
@@ -282,6 +286,10 @@ class Responder:
                 self._fail(item, report, str(answer))
                 continue
             result = answer.results.get(item.entry.key)
+            replacement = next(
+                (c for c in answer.capacity_requests if c.get("notice_id") == item.entry.key),
+                None,
+            )
             status = None if result is None else OUTCOME_STATUS.get(result.outcome)
             if result is None or status is None:
                 outcome = "no result" if result is None else f"{result.outcome}: {result.message}"
@@ -296,6 +304,7 @@ class Responder:
                 drain_deadline=result.drain_deadline,
                 drain_issued_at=result.drain_issued_at,
                 impacted_jobs=result.impacted_jobs,
+                replacement=replacement,
             )
 
     def _finish(self, item: _Work, report: BatchReport, status: Status, **changes: object) -> None:
@@ -345,9 +354,23 @@ def _describe(entry: LedgerEntry, instance: Instance | None, decision: Decision)
     )
 
 
-def _notice_request(item: _Work) -> NoticeRequest:
+def _avoid_pools_hit_in_this_batch(items: list[_Work]) -> None:
+    """A replacement should not come from a pool that is being interrupted right now.
+
+    The head node remembers the pools interrupted on its cluster; the notices of this very
+    batch reach it together, so they are named here.
+    """
+    hit = sorted({i.instance.pool for i in items if i.instance and i.instance.pool})
+    for item in items:
+        item.avoid_pools = tuple(hit)
+
+
+def _notice_request(item: _Work, mode: str) -> NoticeRequest:
     assert item.decision is not None
     assert item.instance is not None
+    replacement = None
+    if item.decision.replace:
+        replacement = {"mode": mode, "unavailable_pools": list(item.avoid_pools)}
     return NoticeRequest(
         notice_id=item.entry.key,
         instance_id=item.notice.instance_id,
@@ -355,4 +378,5 @@ def _notice_request(item: _Work) -> NoticeRequest:
         kind=item.notice.kind.value,
         action="drain" if item.decision.action is Action.DRAIN else "analyse",
         drain_deadline=item.decision.drain_deadline,
+        replacement=replacement,
     )

@@ -9,7 +9,7 @@ from spot_responder.adapters.ledger_sqlite import SqliteLedger
 from spot_responder.handlers.responder import respond
 from spot_responder.ledger import Status
 from spot_responder.responder import STALE_CLAIM, RecordStatus, Responder
-from spot_responder.settings import Settings
+from spot_responder.settings import ReplacementMode, Settings
 from tests.support import (
     ARM_WORKER,
     HEAD,
@@ -230,3 +230,44 @@ def test_notice_held_by_an_invocation_that_died_is_retried_then_taken_over(ledge
     assert later == {"batchItemFailures": []}
     assert channel.drained == [X86_WORKER]
     assert ledger.get(f"{X86_WORKER}#spot-interruption").status is Status.DRAINED
+
+
+def sent_notices(channel):
+    return [n for _, request in channel.requests for n in request["notices"]]
+
+
+def test_warned_workers_ask_for_replacement_avoiding_the_pools_hit_in_the_batch(ledger, channel):
+    directory = FakeDirectory(ray_instance(X86_WORKER), ray_instance(HEAD, kind="head"))
+    responder = Responder(
+        directory=directory,
+        channel=channel,
+        ledger=ledger,
+        settings=Settings(replacement_mode=ReplacementMode.ON_DEMAND_FIRST),
+    )
+
+    respond(
+        sqs_event(warning_for(X86_WORKER, "x"), load_event("spot-interruption-head-node.json")),
+        None,
+        responder,
+        retime=True,
+    )
+
+    (sent,) = sent_notices(channel)
+    assert sent["replacement"] == {
+        "mode": "on-demand-first",
+        "unavailable_pools": ["x86_spot_worker@us-west-2a"],
+    }
+    recorded = ledger.get(f"{X86_WORKER}#spot-interruption")
+    assert recorded.replacement["status"] == "requested"
+    assert recorded.replacement["node_type"] == "x86_spot_worker_b"
+
+
+def test_rebalance_asks_for_replacement_without_draining(responder, ledger, channel):
+    respond(sqs_event(load_event("rebalance-recommendation.json")), None, responder, retime=True)
+
+    (sent,) = sent_notices(channel)
+    assert sent["action"] == "analyse"
+    assert sent["replacement"]["mode"] == "spot-first"
+    assert channel.drained == []
+    recorded = ledger.get(f"{ARM_WORKER}#rebalance-recommendation")
+    assert recorded.status is Status.ANALYSED

@@ -113,6 +113,8 @@ def _item_of(entry: LedgerEntry) -> dict[str, Any]:
     item["pk"], item["sk"] = entry.key, NOTICE_SK
     # Nested job impacts hold floats, which DynamoDB's number type rejects: keep them JSON.
     item["impacted_jobs"] = json.dumps(data["impacted_jobs"])
+    if entry.replacement is not None:
+        item["replacement"] = json.dumps(entry.replacement)
     item.pop("key")
     return item
 
@@ -122,6 +124,8 @@ def _entry_from_item(item: dict[str, Any]) -> LedgerEntry:
     data["key"] = item["pk"]
     data.setdefault("instance_id", None)  # not stored when None (rejected, unhandled)
     data["impacted_jobs"] = json.loads(item.get("impacted_jobs") or "[]")
+    if item.get("replacement"):
+        data["replacement"] = json.loads(item["replacement"])
     return LedgerEntry.from_dict(data)
 
 

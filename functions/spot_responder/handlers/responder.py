@@ -109,6 +109,8 @@ def _log_and_measure(report: BatchReport) -> None:
         if entry.status in COUNTERS:
             metrics.add_metric(COUNTERS[entry.status], MetricUnit.Count, 1)
         metrics.add_metric("ImpactedJobs", MetricUnit.Count, len(entry.impacted_jobs))
+        if entry.replacement and entry.replacement.get("status") == "requested":
+            metrics.add_metric("ReplacementsRequested", MetricUnit.Count, 1)
         if entry.drain_issued_at and entry.notice_time:
             latency = parse_iso(entry.drain_issued_at) - parse_iso(entry.notice_time)
             metrics.add_metric(
