@@ -302,8 +302,9 @@ def load_node_types(config_path: str | None = None) -> dict[str, NodeType]:
 
 # ---------------------------------------------------------------- the contract (respond, reconcile)
 
-#: Drain outcomes after which a notice's node is replaced.
-REPLACED_AFTER = frozenset({"drained", "already-draining"})
+#: Outcomes after which a notice's node is replaced: drained, or analysed only (a
+#: rebalance recommendation handled by replacing the node before any warning comes).
+REPLACED_AFTER = frozenset({"drained", "already-draining", "analysed"})
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,7 @@ def replacements_for(
 ) -> tuple[CapacityRequest, ...]:
     """One CapacityRequest per notice that has replacement options (notices without skipped).
 
-    A node that was not drained (not found, the head, refused, analysed only) is not
+    A node that was neither drained nor analysed (not found, the head, refused) is not
     replaced. Never raises: the drains stand whatever happens here.
     """
     wanted = [notice for notice in notices if notice.options is not None]
