@@ -27,11 +27,12 @@ answer in seconds, with counts that are then lower bounds.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable
-from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,7 +158,7 @@ def _references(raylets: Iterable[Raylet]) -> dict[str, _Reference]:
         raylet: _node_manager(raylet).GetObjectsInfo.future(request, timeout=RPC_TIMEOUT_S)
         for raylet in raylets
     }
-    wait(calls.values(), timeout=RPC_TIMEOUT_S + 1)
+    _wait_all(calls.values())
     references: dict[str, _Reference] = {}
     answered = 0
     for raylet, call in calls.items():
@@ -195,12 +196,12 @@ def _add_worker(references: dict[str, _Reference], node_id: str, stats: Any) -> 
 def _locations(references: dict[str, _Reference]) -> dict[str, tuple[set[str], str | None]]:
     """Object id → (nodes holding a copy, node it was spilled on or "" if spilled off-node)."""
     asked = _who_to_ask(references)
-    calls: list[tuple[list[bytes], Future[Any]]] = []
+    calls: list[tuple[list[bytes], Any]] = []
     for holder in asked:
         for start in range(0, len(holder.owned), LOCATE_BATCH):
             batch = holder.owned[start : start + LOCATE_BATCH]
             calls.append((batch, _ask_locations(holder, batch)))
-    wait([call for _, call in calls], timeout=RPC_TIMEOUT_S + 1)
+    _wait_all(call for _, call in calls)
     located: dict[str, tuple[set[str], str | None]] = {}
     for batch, call in calls:
         reply = _result(call)
@@ -238,13 +239,12 @@ def _who_to_ask(references: dict[str, _Reference]) -> list[_Holder]:
     return list(holders.values())
 
 
-def _ask_locations(holder: _Holder, object_ids: list[bytes]) -> Future[Any]:
+def _ask_locations(holder: _Holder, object_ids: list[bytes]) -> Any:
     stub = _generated("core_worker_pb2_grpc").CoreWorkerServiceStub(_channel(holder.address))
     request = _generated("core_worker_pb2").GetObjectLocationsOwnerRequest(
         intended_worker_id=holder.worker_id, object_ids=object_ids
     )
-    future: Future[Any] = stub.GetObjectLocationsOwner.future(request, timeout=RPC_TIMEOUT_S)
-    return future
+    return stub.GetObjectLocationsOwner.future(request, timeout=RPC_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------- gRPC
@@ -275,6 +275,14 @@ def _channel(address: str) -> Any:
             ],
         )
     return _channels[address]
+
+
+def _wait_all(calls: Iterable[Any]) -> None:
+    """Until every call (a gRPC future) is done, or the common deadline passed."""
+    deadline = time.monotonic() + RPC_TIMEOUT_S + 0.5
+    for call in calls:
+        with contextlib.suppress(Exception):  # errors and timeouts: _result() reports them
+            call.result(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _result(call: Any) -> Any:

@@ -197,22 +197,21 @@ def _tasks_named(kind: str, name: str, group: list[TaskSummary]) -> str:
 def _object_reasons(objects: Sequence[StoredObject]) -> list[tuple[str, bool]]:
     lost = [item for item in objects if item.lost]
     kept = [item for item in objects if not item.lost]
-    owner_gone = [item for item in lost if item.owner_here]
-    puts = [item for item in lost if not item.owner_here and item.kind == PUT]
-    call_returns = [item for item in lost if not item.owner_here and item.kind == ACTOR_CALL_RETURN]
-    returns = [item for item in lost if not item.owner_here and item.kind == TASK_RETURN]
+    puts = [item for item in lost if item.kind == PUT]
+    owner_gone = [item for item in lost if item.kind != PUT and item.owner_here]
+    call_returns = [item for item in lost if item.kind == ACTOR_CALL_RETURN and not item.owner_here]
+    returns = [item for item in lost if item.kind == TASK_RETURN and not item.owner_here]
     reasons: list[tuple[str, bool]] = []
+    if puts:
+        where = _why_lost(puts)
+        reasons.append((f"{_objects(puts)} (ray.put): {where}; cannot be rebuilt", True))
     if owner_gone:
         reasons.append(
             (
-                f"{_objects(owner_gone)}: the owner lives on the node and dies with it, "
-                "so the object(s) are lost and cannot be rebuilt",
+                f"{_objects(owner_gone)}: its owner lives on the node and dies with it; "
+                "cannot be rebuilt",
                 True,
             )
-        )
-    if puts:
-        reasons.append(
-            (f"{_objects(puts)} (ray.put): only copy on the node; cannot be rebuilt", True)
         )
     if call_returns:
         reasons.append(
@@ -234,6 +233,18 @@ def _object_reasons(objects: Sequence[StoredObject]) -> list[tuple[str, bool]]:
     if kept:
         reasons.append((f"{_objects(kept)}: a copy survives on another node or in spill", False))
     return reasons
+
+
+def _why_lost(items: list[StoredObject]) -> str:
+    only_here = all(item.only_copy_here for item in items)
+    owner_here = all(item.owner_here for item in items)
+    if only_here and owner_here:
+        return "only copy on the node, and its owner lives there"
+    if only_here:
+        return "only copy on the node"
+    if owner_here:
+        return "its owner lives on the node and dies with it"
+    return "only copy on the node, or its owner lives there"
 
 
 def _objects(items: list[StoredObject]) -> str:

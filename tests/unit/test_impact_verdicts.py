@@ -164,7 +164,7 @@ def test_object_whose_owner_lives_on_the_node_is_lost_even_with_a_copy_elsewhere
     judgement = judge([], [], [stored(RETURN, only_here=False, owner_here=True)])
 
     assert judgement.verdict == AT_RISK
-    assert "owner lives on the node" in judgement.reasons[0]
+    assert "its owner lives on the node and dies with it" in judgement.reasons[0]
 
 
 def test_objects_with_a_copy_elsewhere_recover_and_are_counted() -> None:

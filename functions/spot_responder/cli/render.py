@@ -42,10 +42,15 @@ def replay_table(report: BatchReport, *, elapsed_s: float, ledger: Path) -> str:
         lines.append(
             f"{entry.instance_id or '-':<21} {_kind(entry):<28} {action:<17} "
             f"{(entry.ray_node_id or '-')[:8]:<10} {_clock(entry.drain_deadline):<14} "
-            f"{_jobs(entry)}"
+            f"{_jobs_judged(entry)}"
         )
         if entry.reason:
             lines.append(f"{'':<21} └ {entry.reason}")
+        for job in entry.impacted_jobs:
+            if job.get("verdict"):
+                lines.append(
+                    f"{'':<21} └ job {job.get('job_id')} {job['verdict']}: {_first_reason(job)}"
+                )
     lines.append("")
     lines.append(
         f"{len(report.notices)} notice(s), {report.requests_sent} cluster request(s), "
@@ -65,19 +70,52 @@ def ledger_table(entries: list[LedgerEntry]) -> str:
 
 
 def jobs_table(hits: list[JobHit]) -> str:
-    lines = [f"{'CLUSTER':<14} {'JOB':<10} {'RECORDED':<20} {'INSTANCE':<21} {'STATUS':<17} WORK"]
+    lines = [
+        f"{'CLUSTER':<14} {'JOB':<10} {'RECORDED':<20} {'INSTANCE':<21} {'STATUS':<17} "
+        f"{'VERDICT':<13} WORK"
+    ]
     for hit in hits:
+        impact = hit.impact
+        objects = impact.get("objects") or {}
         work = (
-            f"{hit.impact.get('tasks_running', 0)} task(s), "
-            f"{hit.impact.get('actors_alive', 0)} actor(s)"
+            f"{impact.get('tasks_running', 0)} task(s), {impact.get('actors_alive', 0)} actor(s)"
+            + (
+                f", {objects.get('count', 0)} object(s) ({objects.get('lost_count', 0)} lost)"
+                if objects.get("count")
+                else ""
+            )
+            + (
+                f", {impact['compute_redone_s']:.0f} s redone"
+                if impact.get("compute_redone_s")
+                else ""
+            )
         )
-        verdict = hit.impact.get("verdict")
         lines.append(
             f"{hit.cluster[:14]:<14} {hit.job_id:<10} {hit.recorded_at[:19]:<20} "
-            f"{hit.instance_id or '-':<21} {hit.status:<17} {work}"
-            + (f"  {verdict}" if verdict else "")
+            f"{hit.instance_id or '-':<21} {hit.status:<17} {impact.get('verdict') or '-':<13} "
+            f"{work}"
         )
+        if impact.get("reasons"):
+            lines.append(f"{'':<14} └ {_first_reason(impact)}")
     return "\n".join(lines) if hits else "no job was hit"
+
+
+def _jobs_judged(entry: LedgerEntry) -> str:
+    """The impacted jobs, each with its verdict when the head node gave one."""
+    jobs = [
+        f"{job.get('job_id')}" + (f" ({job['verdict']})" if job.get("verdict") else "")
+        for job in entry.impacted_jobs
+    ]
+    return ", ".join(jobs) or "-"
+
+
+def _first_reason(job: dict[str, Any], chars: int = 160) -> str:
+    reasons = job.get("reasons") or []
+    if not reasons:
+        return "no reason given"
+    first = str(reasons[0])
+    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return (first if len(first) <= chars else first[: chars - 1] + "…") + more
 
 
 def _kind(entry: LedgerEntry) -> str:
