@@ -204,6 +204,8 @@ class FakeAutoscalingCluster:
     temp_dir: str = ""
     gcs_address: str = ""
     config_path: str = ""
+    #: The process group of `ray start` and everything it and the autoscaler launched.
+    process_group: int = 0
     _proc: subprocess.Popen[bytes] | None = None
     _log_path: str = ""
 
@@ -211,6 +213,15 @@ class FakeAutoscalingCluster:
     def start(self, timeout_s: float = 60.0) -> FakeAutoscalingCluster:
         # Short path: Ray's unix sockets live under it (108-byte limit).
         self.temp_dir = tempfile.mkdtemp(prefix="rsr-as-", dir="/tmp")
+        try:
+            self._launch()
+            self.wait_for(self._head_alive, timeout_s, "the head node to be alive")
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def _launch(self) -> None:
         port = free_port()
         self.gcs_address = f"{node_ip_address()}:{port}"
         config = autoscaling_config(
@@ -257,12 +268,7 @@ class FakeAutoscalingCluster:
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        try:
-            self.wait_for(lambda: self._head_alive(), timeout_s, "the head node to be alive")
-        except BaseException:
-            self.shutdown()
-            raise
-        return self
+        self.process_group = self._proc.pid  # a new session: its leader's pid is the group id
 
     def shutdown(self) -> None:
         """End the process group this cluster created, then remove its temp dir."""
@@ -334,20 +340,29 @@ class FakeAutoscalingCluster:
         return any(n.is_head and n.alive for n in self.nodes())
 
 
-def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the process group of ``proc`` (which it leads), then SIGKILL what is left."""
+def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 3.0) -> None:
+    """SIGTERM the process group `proc` leads, SIGKILL what is left, wait until it is gone.
+
+    The grace is short on purpose: `ray start --block` takes more than 30 s to wind down
+    after a SIGTERM, and nothing of a throwaway test cluster is worth keeping. Raylets the
+    autoscaler spawned are reparented to init when their parent dies and stay in the group
+    as zombies until init reaps them: that wait is part of "gone".
+    """
     pgid = proc.pid  # start_new_session=True: the child leads a group with its own pid
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace_s)
-    while time.monotonic() < deadline and _group_alive(pgid):
-        time.sleep(0.2)
+    _wait_until_gone(pgid, grace_s)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+        proc.wait(timeout=10)
+    _wait_until_gone(pgid, 15.0)
+
+
+def _wait_until_gone(pgid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.2)
 
 
 def _group_alive(pgid: int) -> bool:
