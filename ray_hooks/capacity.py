@@ -20,38 +20,40 @@ outstanding requests, and an empty union clears the constraint.
 What steers the autoscaler to a node type (measured, Ray 2.60.0, fake_multinode provider,
 node types as in the cluster bundle: x86/arm x spot/on-demand, each with a custom resource
 named after the type and the labels ``ray.io/market-type``, ``ray.io/node-group``,
-``spot-responder/arch``; one request at a time on an empty cluster, join = the new node
-ALIVE in the GCS):
+``spot-responder/arch``; one request at a time on a cluster without workers; time from the
+request to the new node ALIVE in the GCS):
 
-====================================================  ======================  ===========
-request (bundle / label selector)                     v2: type launched       v1
-====================================================  ======================  ===========
-``{CPU:1}`` / none                                    arm_ondemand (4.1 s)    -
-``{CPU:1}`` / market-type=on-demand                   arm_ondemand (3.0 s)    x86_spot (!)
-``{CPU:1}`` / market-type=spot                        arm_spot (5.2 s)        -
-``{CPU:1}`` / on-demand + spot-responder/arch=arm64   arm_ondemand (2.3 s)    x86_spot (!)
-``{CPU:1}`` / spot + arch=arm64                       arm_spot (3.1 s)        -
-``{CPU:1}`` / node-group=x86_spot_worker              x86_spot (3.0 s)        -
-``{CPU:1}`` / node-group=X, X's labels lack it        nothing in 60 s         -
-``{CPU:1, arm_ondemand_worker:1}`` / none             arm_ondemand (2.3 s)    arm_ondemand (~3.5 s)
-``{CPU:1, x86_ondemand_worker:1}`` / none             x86_ondemand (2.3 s)    -
-``{CPU:1, x86_spot_worker:1}`` / market-type=spot     x86_spot (3.1 s)        -
-====================================================  ======================  ===========
+======================================================  ===================  ===================
+request: bundle / label selector                        autoscaler v2        autoscaler v1
+======================================================  ===================  ===================
+``{CPU:1}`` / none                                      arm_ondemand 4.1 s
+``{CPU:1}`` / market-type=on-demand                     arm_ondemand 3.0 s   x86_spot (wrong) 2 s
+``{CPU:1}`` / market-type=spot                          arm_spot 5.2 s
+``{CPU:1}`` / market-type=on-demand, arch=arm64         arm_ondemand 2.3 s
+``{CPU:1}`` / market-type=spot, arch=arm64              arm_spot 3.1 s
+``{CPU:1}`` / node-group=arm_ondemand_worker            arm_ondemand 2.9 s
+``{CPU:1}`` / node-group=..., undeclared by the types   nothing in 60 s
+``{CPU:1, arm_ondemand_worker:1}`` / none               arm_ondemand 2.3 s   arm_ondemand ~3.5 s
+``{CPU:1, x86_ondemand_worker:1}`` / none               x86_ondemand 2.3 s   x86_ondemand 2.3 s
+``{CPU:1, x86_spot_worker:1}`` / market-type=spot       x86_spot 3.1 s
+======================================================  ===================  ===================
 
 So: (a) a label selector picks the type on autoscaler v2 when it narrows the choice to one
 type, and only on labels the type declares in the config (a market-only selector leaves
 the pick to the autoscaler: among the matching types it took the first by name; a
-selector on a label no type declares launches nothing); v1 ignores selectors, which is
-what DESIGN §2 saw. (b) A custom resource only that type has picks it on v1 and v2. (c) A
-bare shape picks the first type by name that fits - here an on-demand one. Hence a
-replacement is asked as one whole node of the type (its CPU/GPU) plus its marker
-resource, with a selector on the type's declared ``ray.io/market-type`` and
-``ray.io/node-group`` (see ``ray_hooks.replacement.steering``).
+selector on a label no type declares launches nothing); v1 drops selectors, which is what
+DESIGN §2 saw. (b) A custom resource only that type has picks it on v1 and v2. (c) A bare
+shape gets the first type by name that fits - here an on-demand one. Hence a replacement
+is asked as one whole node of the type (its CPU/GPU) plus its marker resource, with a
+selector on the type's declared ``ray.io/market-type`` and ``ray.io/node-group`` (see
+``ray_hooks.replacement.steering``): right on both autoscalers.
 
-Also seen: with the constraint still there, a drained node that exits is relaunched by
-v2 in its own type; on the fake provider, a launch right after a node exited sometimes
-waits ~30 s (the provider's ``Node()`` waits for a raylet that never registers, then the
-instance manager retries). Draining nodes count toward ``max_workers``.
+Also seen: a constraint that still names the drained node's type brings a new node of that
+type once the drained one exited (v2; DESIGN §2: a draining node still counts toward
+``max_workers``, so the same type may have no room before that). On the fake provider, the
+first launch after a drained node exited often takes ~30 s instead of ~3 s: the
+provider's ``Node()`` waits 30 s for a raylet that never registers, then the instance
+manager retries (an artefact of the fake provider; EC2 launches do not take that path).
 
 State
 -----
