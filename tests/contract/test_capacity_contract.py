@@ -141,7 +141,7 @@ def test_an_invalid_reconcile_request_is_refused(document: object, reason: str) 
         parse_reconcile_request(json.dumps(document))
 
 
-def test_a_node_that_was_not_drained_is_not_replaced_and_ray_is_not_asked() -> None:
+def test_a_node_that_was_not_found_is_not_replaced_and_ray_is_not_asked() -> None:
     class NoGcs:
         def __getattr__(self, name: str) -> Any:
             raise AssertionError(f"the GCS must not be used ({name})")
