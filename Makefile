@@ -45,3 +45,8 @@ pr: lint typecheck validate stack test
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+
+## Benchmark: how long `ray_hooks respond` takes, drain issued vs analysis done, for 1, 100, 2,000 running tasks.
+.PHONY: bench-respond
+bench-respond: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_respond

@@ -166,8 +166,9 @@ def _task_reason(kind: str, name: str, left: bool, group: list[TaskSummary]) -> 
     what = _tasks_named(kind, name, group)
     attempt = max(task.attempt for task in group)
     if kind == ACTOR_CALL:
+        verb = "fails" if len(group) == 1 else "fail"
         return (
-            f"{what} fail(s) with the node unless the actor set max_task_retries "
+            f"{what} {verb} with the node unless the actor set max_task_retries "
             f"(default {DEFAULT_ACTOR_TASK_MAX_RETRIES}; Ray 2.60 does not publish it)"
         )
     if kind == ACTOR_CREATION:
