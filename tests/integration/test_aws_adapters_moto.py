@@ -326,3 +326,60 @@ def test_scheduled_reconcile_reaches_every_cluster_with_a_head_and_never_raises(
     (params,) = sent
     assert params["Parameters"]["Operation"] == ["reconcile"]
     assert params["InstanceIds"] == [cluster["head"]["InstanceId"]]
+
+
+class AnsweringSsm:
+    """An SSM client whose head node answers every respond command (moto runs none)."""
+
+    def __init__(self, ssm):
+        self._ssm = ssm
+        self.commands = []
+
+    def send_command(self, **kwargs):
+        self.commands.append(json.loads(base64.b64decode(kwargs["Parameters"]["Request"][0])))
+        return self._ssm.send_command(**kwargs)
+
+    def get_command_invocation(self, CommandId, InstanceId):
+        request = self._request_of(CommandId)
+        results = [
+            {
+                "notice_id": n["notice_id"],
+                "instance_id": n["instance_id"],
+                "outcome": "drained",
+                "ray_node_id": None,
+                "message": "x" * 500,
+                "impacted_jobs": [],
+            }
+            for n in request["notices"]
+        ]
+        answer = {
+            "version": 1,
+            "cluster": request["cluster"],
+            "request_id": request["request_id"],
+            "results": results,
+        }
+        return {"Status": "Success", "ResponseCode": 0, "StandardOutputContent": json.dumps(answer)}
+
+    def _request_of(self, command_id):
+        for command in self._ssm.list_commands(CommandId=command_id)["Commands"]:
+            return json.loads(base64.b64decode(command["Parameters"]["Request"][0]))
+        raise AssertionError(command_id)
+
+
+def test_a_large_request_is_split_so_each_answer_fits_the_ssm_output_limit(aws, cluster):
+    from spot_responder.adapters.channel_ssm import NOTICES_PER_COMMAND
+
+    ssm = AnsweringSsm(aws.client("ssm"))
+    channel = SsmClusterChannel(
+        ssm, Ec2Directory(aws.client("ec2")), ssm_document(aws), timeout_s=5, poll_s=0.01
+    )
+    notices = [
+        NoticeRequest(f"k{n}", f"i-0a1b2c3d4e5f6{n:04x}", None, "spot-interruption", "drain", NOW)
+        for n in range(50)
+    ]
+
+    response = channel.send("ray-on-aws", build_request("ray-on-aws", notices))
+
+    assert len(ssm.commands) == 3
+    assert max(len(c["notices"]) for c in ssm.commands) == NOTICES_PER_COMMAND
+    assert sorted(response.results) == sorted(f"k{n}" for n in range(50))

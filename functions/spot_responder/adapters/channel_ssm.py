@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -17,6 +18,10 @@ from spot_responder.instances import DirectoryUnavailable
 
 EXIT_INVALID_REQUEST = 2
 TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"}
+# SSM returns at most 24,000 characters of a command's output. A result without its job
+# impacts is about 600 characters and ray_hooks trims the impacts to fit, so a command
+# carries at most this many notices; a larger request becomes several parallel commands.
+NOTICES_PER_COMMAND = 20
 
 
 class SsmClusterChannel:
@@ -40,7 +45,28 @@ class SsmClusterChannel:
         self._clock = clock
 
     def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse:
-        answer = self.call(cluster, request)
+        notices = request["notices"]
+        parts = [
+            {**request, "request_id": f"{request['request_id']}-{n}", "notices": chunk}
+            for n, chunk in enumerate(
+                notices[start : start + NOTICES_PER_COMMAND]
+                for start in range(0, len(notices), NOTICES_PER_COMMAND)
+            )
+        ]
+        if len(parts) == 1:
+            return self._parsed(self.call(cluster, request))
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            answers = list(pool.map(lambda part: self._parsed(self.call(cluster, part)), parts))
+        return ClusterResponse(
+            cluster=cluster,
+            request_id=request["request_id"],
+            results={k: v for answer in answers for k, v in answer.results.items()},
+            timings={"total_s": max(a.timings.get("total_s", 0.0) for a in answers)},
+            capacity_requests=tuple(c for a in answers for c in a.capacity_requests),
+        )
+
+    @staticmethod
+    def _parsed(answer: dict[str, Any]) -> ClusterResponse:
         try:
             return parse_response(answer)
         except ContractError as exc:
