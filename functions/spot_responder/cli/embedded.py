@@ -315,7 +315,8 @@ def sample_batch(progress: Any, seconds: float) -> str:
 def _sample_task() -> Any:
     import ray
 
-    return ray.remote(max_retries=0)(sample_batch)
+    # Ray's default retries: a task lost with its node runs again elsewhere.
+    return ray.remote(sample_batch)
 
 
 def _sample_progress_actor() -> Any:
