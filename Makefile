@@ -50,3 +50,15 @@ clean:
 .PHONY: bench-respond
 bench-respond: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_respond
+
+## Benchmark: handler overhead per notice and batch, `ray_hooks respond` on a real cluster,
+## cold-start import and package size (not part of `make test`; results in tests/benchmarks/results/).
+.PHONY: bench-speed
+bench-speed: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_speed
+
+## Benchmark: 128 spot warnings for three real local Ray clusters within one second: commands
+## sent, time until every existing node drains, every notice in the ledger (not part of `make test`).
+.PHONY: bench-load
+bench-load: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_load
