@@ -138,11 +138,11 @@ def _text(document: dict[str, Any], name: str, where: str) -> str:
 
 def _choice(document: dict[str, Any], name: str, allowed: frozenset[str], where: str) -> str:
     value = document.get(name)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise InvalidRequest(
-            f"{where}.{name} must be one of {', '.join(sorted(allowed))}; got {value!r}"
+            f"{where}.{name} must be one of {', '.join(sorted(allowed))}; got {value!r}"[:300]
         )
-    return str(value)
+    return value
 
 
 def _private_ip(value: object, where: str) -> str | None:
@@ -166,7 +166,7 @@ def _timestamp(value: object, where: str) -> datetime | None:
         )
     try:
         return datetime.fromisoformat(value).astimezone(UTC)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise InvalidRequest(f"{where} {value!r} is not a real date and time") from exc
 
 
