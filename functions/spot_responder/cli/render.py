@@ -46,6 +46,8 @@ def replay_table(report: BatchReport, *, elapsed_s: float, ledger: Path) -> str:
         )
         if entry.reason:
             lines.append(f"{'':<21} └ {entry.reason}")
+        if entry.replacement and not item.duplicate:
+            lines.append(f"{'':<21} └ replacement {_replacement(entry.replacement)}")
         for job in entry.impacted_jobs:
             if job.get("verdict"):
                 lines.append(
@@ -116,6 +118,13 @@ def _first_reason(job: dict[str, Any], chars: int = 160) -> str:
     first = str(reasons[0])
     more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
     return (first if len(first) <= chars else first[: chars - 1] + "…") + more
+
+
+def _replacement(request: dict[str, Any]) -> str:
+    status = request.get("status", "?")
+    if request.get("node_type"):
+        return f"{status}: {request['node_type']} ({request.get('market')})"
+    return f"{status}: {request.get('reason', '')}"[:160]
 
 
 def _kind(entry: LedgerEntry) -> str:
