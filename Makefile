@@ -62,3 +62,10 @@ bench-speed: $(STAMP)
 .PHONY: bench-load
 bench-load: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_load
+
+## Benchmark: one spot interruption of a busy worker on a real local autoscaling cluster, Ray
+## alone vs with the responder: work killed, retries, makespan, replacement time, max_retries=0
+## failures, and a plot of running tasks per node (not part of `make test`; ~6 min).
+.PHONY: bench-work-saved
+bench-work-saved: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_work_saved
