@@ -49,11 +49,16 @@ selector on the type's declared ``ray.io/market-type`` and ``ray.io/node-group``
 ``ray_hooks.replacement.steering``): right on both autoscalers.
 
 Also seen: a constraint that still names the drained node's type brings a new node of that
-type once the drained one exited (v2; DESIGN §2: a draining node still counts toward
-``max_workers``, so the same type may have no room before that). On the fake provider, the
-first launch after a drained node exited often takes ~30 s instead of ~3 s: the
-provider's ``Node()`` waits 30 s for a raylet that never registers, then the instance
-manager retries (an artefact of the fake provider; EC2 launches do not take that path).
+type once the drained one exited (v2). Unlike what DESIGN §2 says of the v1 autoscaler,
+v2 moves a draining node to RAY_STOPPING and no longer counts it toward ``max_workers``:
+with a limit of 2, queued work got a third node while the drained one was still alive
+(tests/e2e/test_replay_replacement_autoscaler.py). The drain frees that slot a moment
+before the replacement is requested; the request came first in every run seen so far.
+
+On the fake provider, the first launch after a drained node exited often takes ~30 s
+instead of ~3 s: the provider's ``Node()`` waits 30 s for a raylet that never registers,
+then the instance manager retries (an artefact of the fake provider; EC2 launches do not
+take that path).
 
 State
 -----
