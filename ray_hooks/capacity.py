@@ -87,7 +87,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from ray_hooks.contract import CONTRACT_VERSION, InvalidRequest, RespondResponse
+from ray_hooks.contract import CONTRACT_VERSION, InvalidRequest, RespondResponse, parse_envelope
 from ray_hooks.replacement import (
     Interrupted,
     NodeType,
@@ -398,17 +398,7 @@ class ReconcileRequest:
 
 def parse_reconcile_request(text: str) -> ReconcileRequest:
     """Parse and validate a v1 `reconcile` request; raise InvalidRequest with a one-line reason."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"request is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidRequest("request must be a JSON object")
-    version = document.get("version")
-    if type(version) is not int or version != CONTRACT_VERSION:
-        raise InvalidRequest(f"unsupported contract version {version!r} (expected 1)")
-    if document.get("operation") != "reconcile":
-        raise InvalidRequest(f"operation must be 'reconcile', got {document.get('operation')!r}")
+    document = parse_envelope(text, "reconcile")
     names = ("cluster", "request_id")
     for name in names:
         value = document.get(name)

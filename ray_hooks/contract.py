@@ -80,8 +80,8 @@ def decode_base64_request(encoded: str) -> str:
         raise InvalidRequest("request is not UTF-8 once decoded from base64") from exc
 
 
-def parse_request(text: str) -> RespondRequest:
-    """Parse and validate a v1 `respond` request; raise InvalidRequest with a one-line reason."""
+def parse_envelope(text: str, operation: str) -> dict[str, Any]:
+    """The request's JSON object, once it is a v1 request of `operation`."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -91,8 +91,16 @@ def parse_request(text: str) -> RespondRequest:
     version = document.get("version")
     if type(version) is not int or version != CONTRACT_VERSION:
         raise InvalidRequest(f"unsupported contract version {version!r} (expected 1)")
-    if document.get("operation") != "respond":
-        raise InvalidRequest(f"operation must be 'respond', got {document.get('operation')!r}")
+    if document.get("operation") != operation:
+        raise InvalidRequest(
+            f"operation must be {operation!r}, got {document.get('operation')!r}"[:300]
+        )
+    return document
+
+
+def parse_request(text: str) -> RespondRequest:
+    """Parse and validate a v1 `respond` request; raise InvalidRequest with a one-line reason."""
+    document = parse_envelope(text, "respond")
     return RespondRequest(
         cluster=_text(document, "cluster", "request"),
         request_id=_text(document, "request_id", "request"),
