@@ -33,11 +33,13 @@ from spot_responder.ledger import (
 )
 from spot_responder.notices import Notice, NoticeKind, NoticeRejected, parse_event
 from spot_responder.policy import Action, Decision, decide
+from spot_responder.reconcile import reconcile_request
 from spot_responder.settings import Settings
 
 # A claim older than this cannot belong to a running invocation (the responder function
 # times out after 40 s): its notice is handled again.
 STALE_CLAIM = timedelta(seconds=45)
+RECONCILE_ON_STATES = frozenset({"running", "terminated"})
 MAX_PARALLEL_CLUSTERS = 8
 
 OUTCOME_STATUS = {
@@ -83,6 +85,8 @@ class BatchReport:
     notices: list[NoticeReport] = field(default_factory=list)
     requests_sent: int = 0
     cluster_failures: int = 0
+    reconciled: dict[str, str] = field(default_factory=dict)
+    """Clusters reconciled because a worker started or ended: cluster → outcome."""
 
     def to_retry(self) -> list[str]:
         return [m for m, s in self.statuses.items() if s is RecordStatus.RETRY]
@@ -130,7 +134,32 @@ class Responder:
         if work:
             self._resolve_and_decide(work, report)
             self._dispatch(work, report)
+            self._reconcile_where_workers_came_or_went(work, report)
         return report
+
+    def _reconcile_where_workers_came_or_went(self, work: list[_Work], report: BatchReport) -> None:
+        """A worker that started may be a replacement, one that ended frees its request:
+        let the head node settle its capacity requests now rather than at the next
+        scheduled reconcile. Best effort: the notices are recorded whatever happens here.
+        """
+        clusters = {
+            item.instance.cluster
+            for item in work
+            if item.notice.kind is NoticeKind.STATE_CHANGE
+            and item.notice.detail in RECONCILE_ON_STATES
+            and item.instance is not None
+            and item.instance.is_ray_node
+            and not item.instance.is_head
+            and item.instance.cluster
+            and self.settings.allows_cluster(item.instance.cluster)
+        }
+        for cluster in sorted(c for c in clusters if c):
+            try:
+                answer = self.channel.call(cluster, reconcile_request(cluster))
+                released = len(answer.get("released") or ())
+                report.reconciled[cluster] = f"{released} capacity request(s) released"
+            except (ChannelUnavailable, ClusterRefused) as exc:
+                report.reconciled[cluster] = f"reconcile failed: {exc}"
 
     # -- parse and claim -------------------------------------------------------------
 

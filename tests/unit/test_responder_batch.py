@@ -13,6 +13,7 @@ from spot_responder.settings import ReplacementMode, Settings
 from tests.support import (
     ARM_WORKER,
     HEAD,
+    NOT_RAY,
     REFUSED,
     UNREACHABLE,
     X86_WORKER,
@@ -271,3 +272,35 @@ def test_rebalance_asks_for_replacement_without_draining(responder, ledger, chan
     assert channel.drained == []
     recorded = ledger.get(f"{ARM_WORKER}#rebalance-recommendation")
     assert recorded.status is Status.ANALYSED
+
+
+def running_worker(instance_id):
+    event = load_event("state-change-running.json")
+    event["detail"]["instance-id"] = instance_id
+    return event
+
+
+def test_a_worker_that_starts_running_has_its_cluster_reconciled_at_once(
+    responder, ledger, channel
+):
+    response, report = respond(sqs_event(running_worker(X86_WORKER)), None, responder)
+
+    assert response == {"batchItemFailures": []}
+    assert [(c, r["operation"]) for c, r in channel.requests] == [("ray-on-aws", "reconcile")]
+    assert report.reconciled == {"ray-on-aws": "1 capacity request(s) released"}
+    assert ledger.get(f"{X86_WORKER}#state-change:running").status is Status.RECORDED
+
+
+def test_a_failed_reconcile_does_not_fail_the_state_change(responder, ledger, channel):
+    channel.failure = UNREACHABLE
+
+    response, report = respond(sqs_event(running_worker(X86_WORKER)), None, responder)
+
+    assert response == {"batchItemFailures": []}
+    assert report.reconciled["ray-on-aws"].startswith("reconcile failed")
+
+
+def test_the_head_starting_or_a_stranger_starting_reconciles_nothing(responder, channel):
+    respond(sqs_event(running_worker(HEAD), running_worker(NOT_RAY)), None, responder)
+
+    assert channel.requests == []
