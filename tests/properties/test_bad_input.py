@@ -117,7 +117,7 @@ def handle_batch(bodies: list[str], ledger: Ledger | None = None) -> None:
         if report.statuses[message_id] is RecordStatus.REJECTED:
             assert one_line(report.reasons[message_id]), report.reasons[message_id]
     for _, request in channel.requests:
-        for notice in request["notices"]:
+        for notice in request.get("notices", ()):  # reconcile requests carry none
             assert INSTANCE_ID.fullmatch(notice["instance_id"]), notice["instance_id"]
             assert notice["instance_id"] in DIRECTORY.instances
             assert notice["instance_id"] != HEAD  # never a head node
