@@ -187,11 +187,17 @@ def job_hits_of(entry: LedgerEntry) -> list[JobHit]:
     ]
 
 
+def union(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
+    """Event ids of both, each once, in the order they were first seen."""
+    return tuple(dict.fromkeys([*first, *then]))
+
+
 def merge_delivery(existing: LedgerEntry, event_ids: Iterable[str], now: datetime) -> LedgerEntry:
-    seen = list(existing.event_ids)
-    seen.extend(e for e in event_ids if e not in seen)
     return replace(
-        existing, deliveries=existing.deliveries + 1, event_ids=tuple(seen), updated_at=iso(now)
+        existing,
+        deliveries=existing.deliveries + 1,
+        event_ids=union(existing.event_ids, event_ids),
+        updated_at=iso(now),
     )
 
 
@@ -240,10 +246,11 @@ class ConditionalLedger:
             current = self._read(entry.key)
             merged = entry
             if current is not None:
-                seen = list(entry.event_ids)
-                seen.extend(e for e in current.event_ids if e not in seen)
-                deliveries = max(current.deliveries, entry.deliveries)
-                merged = replace(entry, deliveries=deliveries, event_ids=tuple(seen))
+                merged = replace(
+                    entry,
+                    deliveries=max(current.deliveries, entry.deliveries),
+                    event_ids=union(entry.event_ids, current.event_ids),
+                )
             if self._write_if(merged, None if current is None else current.updated_at):
                 self._write_jobs(merged)
                 return

@@ -124,11 +124,13 @@ class Responder:
         """Handle a batch. `retime`: move each notice to now (local replay of old events)."""
         report = BatchReport()
         work: list[_Work] = []
+        in_flight: set[str] = set()  # keys this batch claimed
         for record in records:
             report.statuses[record.message_id] = RecordStatus.HANDLED
             try:
-                in_flight = {w.entry.key for w in work}
-                work.extend(self._claim_record(record, report, in_flight, retime=retime))
+                claimed = self._claim_record(record, report, in_flight, retime=retime)
+                in_flight.update(w.entry.key for w in claimed)
+                work.extend(claimed)
             except LedgerUnavailable as exc:
                 self._retry(record, report, str(exc))
         if work:

@@ -78,33 +78,27 @@ class DynamoDbLedger(ConditionalLedger):
         return sorted(hits, key=lambda h: (h.job_key, h.recorded_at))
 
     def _query_job(self, cluster_job_key: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "IndexName": JOB_INDEX,
-            "KeyConditionExpression": Key("job_key").eq(cluster_job_key),
-        }
-        try:
-            while True:
-                page = self._table.query(**kwargs)
-                items.extend(page.get("Items", []))
-                if "LastEvaluatedKey" not in page:
-                    return items
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as exc:
-            raise LedgerUnavailable(f"ledger query failed: {exc}") from exc
+        return self._all_pages(
+            self._table.query,
+            IndexName=JOB_INDEX,
+            KeyConditionExpression=Key("job_key").eq(cluster_job_key),
+        )
 
     def _scan(self, condition: Any) -> list[dict[str, Any]]:
+        return self._all_pages(self._table.scan, FilterExpression=condition)
+
+    @staticmethod
+    def _all_pages(call: Any, **kwargs: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"FilterExpression": condition}
         try:
             while True:
-                page = self._table.scan(**kwargs)
+                page = call(**kwargs)
                 items.extend(page.get("Items", []))
                 if "LastEvaluatedKey" not in page:
                     return items
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         except (ClientError, BotoCoreError) as exc:
-            raise LedgerUnavailable(f"ledger scan failed: {exc}") from exc
+            raise LedgerUnavailable(f"ledger read failed: {exc}") from exc
 
 
 def _item_of(entry: LedgerEntry) -> dict[str, Any]:
