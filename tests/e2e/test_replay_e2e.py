@@ -6,6 +6,7 @@ Everything is judged by what Ray's own GCS says about its nodes, and by the ledg
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,13 +22,16 @@ from tests.support import ARM_WORKER, EVENTS, HEAD, X86_WORKER, load_event, sqs_
 pytestmark = pytest.mark.ray
 
 
-def spot_responder(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+def spot_responder(
+    *args: str, timeout_s: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "spot_responder.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
         check=False,
+        env=None if env is None else os.environ | env,
     )
 
 
@@ -58,7 +62,10 @@ def write(tmp_path: Path, name: str, data: dict) -> str:
 
 
 def test_the_readme_replay_drains_the_warned_node_of_an_embedded_cluster(tmp_path):
-    # GIVEN nothing but the repository: no cluster, no AWS account
+    # GIVEN nothing but the repository: no cluster, no AWS account, and a machine where Ray
+    # never ran (the system temp directory holds no `ray` directory)
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
     started = time.monotonic()
 
     # WHEN the README's replay runs (with --json, to read it)
@@ -68,6 +75,7 @@ def test_the_readme_replay_drains_the_warned_node_of_an_embedded_cluster(tmp_pat
         "--ledger",
         str(tmp_path / "ledger.sqlite3"),
         str(EVENTS / "spot-interruption-terminate.json"),
+        env={"RAY_TMPDIR": str(system_tmp)},
     )
 
     # THEN the warned worker was drained with a deadline ahead, and its job recorded
@@ -79,6 +87,8 @@ def test_the_readme_replay_drains_the_warned_node_of_an_embedded_cluster(tmp_pat
     assert len(notice["ray_node_id"]) == 56
     assert datetime.fromisoformat(notice["deadline"]) > datetime.now(UTC)
     assert [job["job_id"] for job in notice["impacted_jobs"]]
+    # and the replay left nothing behind there
+    assert not list(system_tmp.iterdir())
     print(f"\nREADME replay, embedded cluster included: {time.monotonic() - started:.1f} s")
 
 

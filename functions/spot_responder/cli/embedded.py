@@ -186,11 +186,17 @@ def _free_port() -> int:
 @contextmanager
 def _ray_address_file_kept() -> Iterator[None]:
     """Leave /tmp/ray/ray_current_cluster as it was: Ray's Cluster writes and deletes it, and
-    other Ray users of this machine rely on it for `address="auto"`."""
+    other Ray users of this machine rely on it for `address="auto"`.
+
+    On a machine where Ray never ran, its directory does not exist and Ray's Cluster fails
+    to write the file: the directory is made for the while and removed again.
+    """
     from ray._common.utils import get_ray_address_file
 
     path = Path(get_ray_address_file(None))
     before = path.read_text() if path.exists() else None
+    made = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield
     finally:
@@ -199,6 +205,9 @@ def _ray_address_file_kept() -> Iterator[None]:
                 path.unlink(missing_ok=True)
             else:
                 path.write_text(before)
+        if made:
+            with suppress(OSError):
+                path.parent.rmdir()  # only if nothing else has put files there meanwhile
 
 
 def _disconnect_driver(gcs_address: str) -> None:
