@@ -43,6 +43,8 @@ EXIT_OK = 0
 EXIT_INVALID_REQUEST = 2
 EXIT_CLUSTER_UNREACHABLE = 3
 MAX_REQUEST_CHARS = 1_000_000
+#: Added to the process's niceness once its drains are issued.
+ANALYSIS_NICENESS = 10
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,8 +135,25 @@ def _respond(request: RespondRequest, address_flag: str | None, text: str) -> Js
         request.cluster,
     )
     address = resolve_address(address_flag)
-    response = respond(request, address, connect(address), _STARTED, replacements=replacements)
+    response = respond(
+        request,
+        address,
+        connect(address),
+        _STARTED,
+        replacements=replacements,
+        after_drains=_yield_the_cpu,
+    )
     return fit_response(response.to_json())
+
+
+def _yield_the_cpu() -> None:
+    """Once the drains are out, the rest (capacity, analysis) runs at a lower CPU priority:
+    on the head node it must not slow the GCS, nor another command still on its way to its
+    own drains (a burst of warnings runs one per cluster and batch at once)."""
+    try:
+        os.nice(ANALYSIS_NICENESS)
+    except OSError as exc:
+        log.debug("cannot lower the CPU priority: %s", exc)
 
 
 def _reconcile(text: str, address_flag: str | None) -> JsonObject:

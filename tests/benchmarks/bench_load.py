@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -114,7 +115,12 @@ class ClusterMap:
 
 
 def _warm_worker() -> None:
-    """Pool initializer: import what an invocation needs (a warm Lambda container)."""
+    """Pool initializer: import what an invocation needs (a warm Lambda container).
+
+    A worker forked after an earlier run inherits the SIGTERM handler that Ray's node
+    registers in this process; that handler would keep Pool.terminate() waiting forever.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import spot_responder.adapters.channel_local
     import spot_responder.adapters.ledger_sqlite
     import spot_responder.handlers.responder  # noqa: F401

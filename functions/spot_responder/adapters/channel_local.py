@@ -22,6 +22,7 @@ class LocalClusterChannel:
         self.python = python
         self.timeout_s = timeout_s
         self.requests_sent = 0
+        self._describing: subprocess.Popen[str] | None = None
 
     def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse:
         data = self.call(cluster, request)
@@ -35,25 +36,58 @@ class LocalClusterChannel:
         self.requests_sent += 1
         return self.run([str(request["operation"])], json.dumps(request))
 
+    def start_describe(self) -> None:
+        """Start listing the nodes now; the next describe() takes this answer.
+
+        The listing costs a process start and Ray's import; started before the caller
+        loads its own code, the two overlap instead of adding up.
+        """
+        if self._describing is None:
+            self._describing = self._start(["describe"])
+
+    def close(self) -> None:
+        """End a listing started but never taken."""
+        started, self._describing = self._describing, None
+        if started is not None:
+            started.kill()
+            started.wait()
+            for pipe in (started.stdin, started.stdout, started.stderr):
+                if pipe is not None:
+                    pipe.close()
+
     def describe(self) -> dict[str, Any]:
-        return self.run(["describe"], "")
+        started, self._describing = self._describing, None
+        return self._finish(started or self._start(["describe"]), "")
 
     def run(self, operation: Sequence[str], stdin: str) -> dict[str, Any]:
+        return self._finish(self._start(operation), stdin)
+
+    def _start(self, operation: Sequence[str]) -> subprocess.Popen[str]:
         command = [self.python, "-m", "ray_hooks", *operation, "--address", self.ray_address]
         try:
-            done = subprocess.run(
-                command, input=stdin, capture_output=True, text=True, timeout=self.timeout_s
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
-        except subprocess.TimeoutExpired:
-            raise ChannelUnavailable(f"ray_hooks timed out after {self.timeout_s:.0f} s") from None
         except OSError as exc:
             raise ChannelUnavailable(f"cannot run ray_hooks: {exc}") from exc
-        answer = _json_or_none(done.stdout)
-        error = (answer or {}).get("error") or _last_line(done.stderr) or "no output"
-        if done.returncode == EXIT_INVALID_REQUEST:
+
+    def _finish(self, process: subprocess.Popen[str], stdin: str) -> dict[str, Any]:
+        try:
+            stdout, stderr = process.communicate(stdin, timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise ChannelUnavailable(f"ray_hooks timed out after {self.timeout_s:.0f} s") from None
+        answer = _json_or_none(stdout)
+        error = (answer or {}).get("error") or _last_line(stderr) or "no output"
+        if process.returncode == EXIT_INVALID_REQUEST:
             raise ClusterRefused(f"ray_hooks refused the request: {error}")
-        if done.returncode != 0 or answer is None:
-            raise ChannelUnavailable(f"ray_hooks exited {done.returncode}: {error}")
+        if process.returncode != 0 or answer is None:
+            raise ChannelUnavailable(f"ray_hooks exited {process.returncode}: {error}")
         return answer
 
 

@@ -14,11 +14,22 @@ DEFAULT_LEDGER = Path.home() / ".spot-responder" / "ledger.sqlite3"
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_powertools(verbose=getattr(args, "verbose", False))
+    channel = None
+    if args.command == "replay" and args.ray_address:
+        from spot_responder.adapters.channel_local import LocalClusterChannel
+
+        # The cluster's nodes are listed while the handler's code loads.
+        channel = LocalClusterChannel(args.ray_address)
+        channel.start_describe()
     # Imported after the environment is set: Powertools reads it at import time.
     from spot_responder.cli import ledger_command, replay_command
 
     if args.command == "replay":
-        return replay_command.run(args)
+        try:
+            return replay_command.run(args, channel)
+        finally:
+            if channel is not None:
+                channel.close()
     return ledger_command.run(args)
 
 

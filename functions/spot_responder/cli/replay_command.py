@@ -26,7 +26,8 @@ class ReplayInputError(ValueError):
     """An event file cannot be read."""
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, channel: LocalClusterChannel | None = None) -> int:
+    """`channel`: one to `args.ray_address` already made (and listing its nodes)."""
     try:
         batch = sqs_batch(args.events)
         settings = Settings.from_env()
@@ -36,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     with _cluster(args.ray_address, quiet=args.json) as address:
         started = time.monotonic()
         try:
-            report = replay(batch, address, args.ledger, settings, args)
+            if channel is None or channel.ray_address != address:
+                channel = LocalClusterChannel(address)
+            report = replay(batch, channel, args.ledger, settings, args)
         except LedgerUnavailable as exc:
             print(f"spot-responder: {exc}", file=sys.stderr)
             return 2
@@ -51,12 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
 def replay(
     batch: dict[str, Any],
-    address: str,
+    channel: LocalClusterChannel,
     ledger_path: Path,
     settings: Settings,
     args: argparse.Namespace,
 ) -> BatchReport:
-    channel = LocalClusterChannel(address)
     ledger = SqliteLedger(ledger_path)
     try:
         responder = Responder(
