@@ -407,72 +407,100 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _s(value: float | None, none: str = "none during the job") -> str:
-    return none if value is None else f"{value:.1f} s"
-
-
-def _n(value: int | None) -> str:
-    return "- (no drain)" if value is None else str(value)
-
-
-#: (row, which variant's runs it is read from, how)
-ROWS: tuple[tuple[str, str, Any], ...] = (
+#: The table's rows: (label, variant whose runs it reads, summary key, how a value reads).
+#: Every cell shows each run's value, in run order.
+ROWS: tuple[tuple[str, str, str, str], ...] = (
     (
         "tasks started on the doomed node after the notice",
         "retries",
-        lambda s: s["started_on_doomed_after_notice"],
+        "started_on_doomed_after_notice",
+        "count",
     ),
     (
         "tasks started on the doomed node after the drain was issued",
         "retries",
-        lambda s: _n(s["started_on_doomed_after_drain"]),
+        "started_on_doomed_after_drain",
+        "count",
     ),
+    ("notice -> drain issued (responder latency), s", "retries", "notice_to_drain_s", "s"),
     (
-        "notice -> drain issued (responder latency)",
+        "last task start on the doomed node after the notice, s",
         "retries",
-        lambda s: _s(s["notice_to_drain_s"], "-"),
+        "last_start_on_doomed_after_notice_s",
+        "s",
     ),
+    ("task attempts killed at the termination", "retries", "attempts_killed", "count"),
+    ("CPU-seconds of work killed", "retries", "cpu_seconds_killed", "s"),
+    ("task retries", "retries", "task_retries", "count"),
+    ("tasks failed", "retries", "tasks_failed", "count"),
+    ("job makespan, s", "retries", "makespan_s", "s"),
+    ("notice -> replacement capacity joined, s", "retries", "notice_to_replacement_s", "s"),
+    ("replacement node type", "retries", "replacement_type", "text"),
+    ("doomed node at its termination time", "retries", "raylet_at_termination", "text"),
+    ("**max_retries=0:** tasks failed", "strict", "tasks_failed", "count"),
+    ("max_retries=0: the job", "strict", "job_result", "text"),
+    ("max_retries=0: CPU-seconds of work killed", "strict", "cpu_seconds_killed", "s"),
+    ("max_retries=0: job makespan, s", "strict", "makespan_s", "s"),
     (
-        "last task start on the doomed node, after the notice",
-        "retries",
-        lambda s: _s(s["last_start_on_doomed_after_notice_s"], "-"),
-    ),
-    ("task attempts killed at the termination", "retries", lambda s: s["attempts_killed"]),
-    ("CPU-seconds of work killed", "retries", lambda s: f"{s['cpu_seconds_killed']:.1f}"),
-    ("task retries", "retries", lambda s: s["task_retries"]),
-    ("tasks failed", "retries", lambda s: s["tasks_failed"]),
-    ("job makespan", "retries", lambda s: _s(s["makespan_s"])),
-    (
-        "notice -> replacement capacity joined",
-        "retries",
-        lambda s: f"{_s(s['notice_to_replacement_s'])} ({s['replacement_type'] or '-'})",
-    ),
-    ("doomed node at its termination time", "retries", lambda s: s["raylet_at_termination"]),
-    (
-        "**max_retries=0 variant:** tasks failed -> job",
+        "max_retries=0: tasks started on the doomed node after the notice",
         "strict",
-        lambda s: (
-            f"{s['tasks_failed']} of {s['tasks']} -> {'FAILS' if s['tasks_failed'] else 'succeeds'}"
-        ),
+        "started_on_doomed_after_notice",
+        "count",
     ),
     (
-        "max_retries=0 variant: CPU-seconds killed / makespan",
+        "max_retries=0: tasks started on the doomed node after the drain",
         "strict",
-        lambda s: f"{s['cpu_seconds_killed']:.1f} / {_s(s['makespan_s'])}",
+        "started_on_doomed_after_drain",
+        "count",
     ),
-    (
-        "max_retries=0 variant: tasks started on the doomed node after the notice / drain",
-        "strict",
-        lambda s: (
-            f"{s['started_on_doomed_after_notice']} / {_n(s['started_on_doomed_after_drain'])}"
-        ),
-    ),
+    ("max_retries=0: notice -> drain issued, s", "strict", "notice_to_drain_s", "s"),
 )
+
+
+def _value(summary: dict[str, Any], key: str) -> Any:
+    if key == "job_result":
+        return "fails" if summary["tasks_failed"] else "succeeds"
+    return summary[key]
+
+
+def cell(values: list[Any], how: str) -> str:
+    """Each run's value, in run order; `-` where a run has none (no drain, no replacement)."""
+    shown = ["-" if v is None else f"{v:.1f}" if how == "s" else str(v) for v in values]
+    if how == "text" and len(set(shown)) == 1:
+        return shown[0] + (f" (all {len(shown)})" if len(shown) > 1 else "")
+    return " · ".join(shown)
+
+
+def headline(summaries: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    """What the issue asks to see, summed over every run of each mode."""
+    ours = [s for variant in VARIANTS for s in summaries[variant]["responder"]]
+    alone = [s for variant in VARIANTS for s in summaries[variant]["ray-alone"]]
+    latency = sorted(s["notice_to_drain_s"] for s in ours if s["notice_to_drain_s"] is not None)
+
+    def total(runs: list[dict[str, Any]], key: str) -> float:
+        return sum(s[key] or 0 for s in runs)
+
+    return (
+        f"**With the responder**, over all {len(ours)} runs of both variants: "
+        f"{total(ours, 'started_on_doomed_after_drain'):.0f} tasks started on the doomed node "
+        f"after the drain was issued, {total(ours, 'cpu_seconds_killed'):.1f} CPU-seconds of "
+        f"work killed, {total(ours, 'tasks_failed'):.0f} tasks failed; "
+        f"{total(ours, 'started_on_doomed_after_notice'):.0f} tasks started between the notice "
+        f"and the drain, in the responder's own latency of {latency[0]:.1f}-{latency[-1]:.1f} s. "
+        f"**Ray alone**, over its {len(alone)} runs: "
+        f"{total(alone, 'started_on_doomed_after_notice'):.0f} tasks started on the doomed node "
+        f"after the notice, {total(alone, 'cpu_seconds_killed'):.1f} CPU-seconds killed, "
+        f"{total(alone, 'tasks_failed'):.0f} tasks failed."
+    )
 
 
 def render(data: dict[str, Any]) -> str:
     summaries = data["summaries"]
-    rows = [[label, *(get(summaries[v][m]) for m in MODES)] for label, v, get in ROWS]
+    repeats = len(summaries["retries"]["responder"])
+    rows = [
+        [label, *(cell([_value(s, key) for s in summaries[v][m]], how) for m in MODES)]
+        for label, v, key, how in ROWS
+    ]
     return "\n".join(
         [
             "# Work saved: one spot interruption, Ray alone vs with the responder",
@@ -487,18 +515,21 @@ def render(data: dict[str, Any]) -> str:
             f"(the doomed raylet and its workers SIGKILLed {WINDOW_S} s after the notice); "
             f"safety margin {SAFETY_MARGIN_S} s, so the drain deadline is "
             f"{WINDOW_S - SAFETY_MARGIN_S} s after the notice. 'Ray alone': nothing acts on "
-            "the notice. 'With responder': "
-            "the notice is an EventBridge spot warning replayed through the real handler "
-            "(`spot-responder replay --ray-address ... --keep-time`): drain on the head, then a "
-            "replacement request. Four runs, each on a fresh cluster: both modes with Ray's "
-            "default 3 retries per task, then both with every task `max_retries=0`. Figures "
-            "come from what each task attempt recorded from inside the task (node, start, "
-            "end); 'after the notice' counts from the moment the notice was handed to the "
-            "responder, so it includes the responder's own latency until the drain was issued.",
+            "the notice. 'With responder': the notice is an EventBridge spot warning replayed "
+            "through the real handler (`spot-responder replay --ray-address ... --keep-time`, "
+            "a process of its own, as a user runs it): drain on the head, then a replacement "
+            f"request. {repeats} rounds of four runs, each run on a fresh cluster: both modes "
+            "with Ray's default 3 retries per task, then both with every task `max_retries=0`. "
+            "Each cell lists every round's figure, in order. Figures come from what each task "
+            "attempt recorded from inside the task (node, start, end); 'after the notice' "
+            "counts from the moment the notice was handed to the responder, so it includes the "
+            "responder's own latency until the drain was issued.",
+            "",
+            headline(summaries),
             "",
             table(["", *(TITLES[m] for m in MODES)], rows),
             "",
-            "Running tasks per node, default-retries runs:",
+            "Running tasks per node, the first default-retries run of each mode:",
             "",
             "![running tasks per node](work_saved.png)",
         ]
@@ -529,7 +560,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(len(MODES), 1, figsize=(11, 7), sharex=True, sharey=True)
     for ax, mode in zip(axes, MODES, strict=True):
-        result, summary = data["runs"]["retries"][mode], data["summaries"]["retries"][mode]
+        result = data["runs"]["retries"][mode][0]
+        summary = data["summaries"]["retries"][mode][0]
         t0 = result["t0"]
         ends = {(i, node, round(started, 6)): at for i, node, started, at in result["job"]["ends"]}
         roles = {
@@ -585,6 +617,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=4, help="task durations (4)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the four runs (3)")
     parser.add_argument(
         "--replot", action="store_true", help="redraw the table and PNG from work_saved.json"
     )
@@ -597,14 +630,17 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads((RESULTS / "work_saved.json").read_text())
     else:
         info = machine()
-        runs: dict[str, dict[str, Any]] = {}
-        for variant in VARIANTS:
-            tasks = plan(args.seed, strict=variant == "strict")
-            runs[variant] = {}
-            for mode in MODES:
-                retries = 0 if variant == "strict" else 3
-                log(f"--- {TITLES[mode]}, tasks with max_retries={retries}")
-                runs[variant][mode] = run(mode, tasks, log)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            variant: {mode: [] for mode in MODES} for variant in VARIANTS
+        }
+        # Rounds of all four runs, so that a noisy minute touches every mode and variant alike.
+        for repeat in range(1, args.repeats + 1):
+            for variant in VARIANTS:
+                tasks = plan(args.seed, strict=variant == "strict")
+                for mode in MODES:
+                    retries = 0 if variant == "strict" else 3
+                    log(f"--- round {repeat}: {TITLES[mode]}, tasks with max_retries={retries}")
+                    runs[variant][mode].append(run(mode, tasks, log))
         data = {
             "benchmark": "work_saved",
             "machine": info,
@@ -615,9 +651,12 @@ def main(argv: list[str] | None = None) -> int:
                 "safety_margin_s": SAFETY_MARGIN_S,
                 "notice_after_job_start_s": NOTICE_AFTER_S,
                 "seed": args.seed,
+                "repeats": args.repeats,
             },
             "summaries": {
-                variant: {mode: summarize(result) for mode, result in by_mode.items()}
+                variant: {
+                    mode: [summarize(r) for r in results] for mode, results in by_mode.items()
+                }
                 for variant, by_mode in runs.items()
             },
             "runs": runs,
