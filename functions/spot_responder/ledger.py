@@ -187,9 +187,15 @@ def job_hits_of(entry: LedgerEntry) -> list[JobHit]:
     ]
 
 
+#: Event ids one entry keeps (an entry must stay far below DynamoDB's 400 KB per item).
+MAX_EVENT_IDS = 50
+
+
 def union(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
-    """Event ids of both, each once, in the order they were first seen."""
-    return tuple(dict.fromkeys([*first, *then]))
+    """Event ids of both, each once, in the order they were first seen; past MAX_EVENT_IDS,
+    the first and the latest ones (`deliveries` still counts every delivery)."""
+    ids = tuple(dict.fromkeys([*first, *then]))
+    return ids if len(ids) <= MAX_EVENT_IDS else (ids[0], *ids[1 - MAX_EVENT_IDS :])
 
 
 def merge_delivery(existing: LedgerEntry, event_ids: Iterable[str], now: datetime) -> LedgerEntry:

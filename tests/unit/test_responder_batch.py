@@ -100,6 +100,22 @@ def test_same_warning_five_times_drains_once_and_keeps_one_entry(responder, ledg
     assert sorted(entry.event_ids) == ["a", "b", "c", "d"]
 
 
+def test_a_notice_delivered_hundreds_of_times_keeps_a_bounded_entry(responder, ledger, channel):
+    # GIVEN 300 different events for the same instance and kind, in batches of 10
+    bodies = [warning_for(X86_WORKER, f"event-{n:03d}") for n in range(300)]
+
+    for start in range(0, len(bodies), 10):
+        respond(sqs_event(*bodies[start : start + 10]), None, responder, retime=True)
+
+    # THEN one drain and one entry: every delivery counted, the first and latest 49 ids kept
+    assert channel.drained == [X86_WORKER]
+    (entry,) = ledger.entries()
+    assert entry.deliveries == 300
+    assert len(entry.event_ids) == 50
+    assert entry.event_ids[0] == "event-000"
+    assert set(entry.event_ids[1:]) == {f"event-{n:03d}" for n in range(251, 300)}
+
+
 def test_one_request_per_cluster_per_batch(responder, channel):
     event = sqs_event(
         warning_for(X86_WORKER, "x"),
