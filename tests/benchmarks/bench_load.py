@@ -41,7 +41,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.report import ROOT, machine, machine_line, quiet_stdio, table, write_results
+from tests.benchmarks.report import (
+    RESULTS,
+    ROOT,
+    machine,
+    machine_line,
+    quiet_stdio,
+    table,
+    write_results,
+)
 
 WARNINGS = 128
 TARGET_DRAIN_S = 5.0
@@ -596,10 +604,83 @@ def render(data: dict[str, Any]) -> str:
         "in the ledger, resolve, decide).",
         "",
         headline(runs),
+        "",
+        "![head-node commands and drains over time](load.png)",
     ]
     for number, run_ in enumerate(runs, start=1):
         parts += ["", f"## Run {number}", "", details(run_)]
     return "\n".join(parts)
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Per run: each cluster's head-node commands over time (one bar per batch), when each
+    existing worker was warned and when its GCS first said it was draining."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = data["runs"]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 2.4 * len(runs) + 1), sharex=True)
+    colors = ("tab:blue", "tab:orange", "tab:purple")
+    for number, (ax, run_) in enumerate(zip(list(axes), runs, strict=True), start=1):
+        result, summary = run_["result"], run_["summary"]
+        t0 = datetime.fromisoformat(result["burst_start"]).timestamp()
+        clusters = sorted({c for d in result["deliveries"] for c in d["commands"]})
+        for row, cluster in enumerate(clusters):
+            for d in result["deliveries"]:
+                for name, start, end in d["command_times"]:
+                    if name == cluster:
+                        y = row + 0.25 * (d["batch"] - 2)
+                        ax.plot(
+                            [start - t0, end - t0],
+                            [y, y],
+                            color=colors[(d["batch"] - 1) % 3],
+                            linewidth=5,
+                            solid_capstyle="butt",
+                            label=f"batch {d['batch']} command" if row == 0 else None,
+                        )
+            workers = [i for i, c in result["cluster_of"].items() if c == cluster]
+            ax.scatter(
+                [result["warned_at_s"][i] for i in workers],
+                [row] * len(workers),
+                marker="v",
+                color="black",
+                zorder=3,
+                label="worker warned" if row == 0 else None,
+            )
+            drained = [result["drained_at_s"][i] for i in workers if result["drained_at_s"][i]]
+            ax.scatter(
+                drained,
+                [row] * len(drained),
+                marker="D",
+                color="tab:green",
+                zorder=3,
+                label="GCS says draining" if row == 0 else None,
+            )
+        ax.axvspan(0, 1, color="gray", alpha=0.12, label="the 128 warnings arrive")
+        ax.axvline(
+            TARGET_DRAIN_S,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"target {TARGET_DRAIN_S:.0f} s",
+        )
+        ax.set_yticks(range(len(clusters)), clusters)
+        ax.set_ylim(-0.7, len(clusters) - 0.3)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(
+            f"run {number}: {summary['commands_total']} commands, every existing worker "
+            f"draining {summary['first_warning_to_all_draining_s']:.2f} s after the first "
+            f"warning, {summary['recorded']}/{result['warnings']} in the ledger",
+            fontsize=10,
+        )
+    axes[-1].set_xlabel("seconds after the first warning")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=8, ncol=len(labels))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -629,26 +710,35 @@ def main(argv: list[str] | None = None) -> int:
         default="/dev/shm" if Path("/dev/shm").is_dir() else None,
         help="where the SQLite ledger lives (default /dev/shm when there is one)",
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw the table and PNG from load.json"
+    )
     args = parser.parse_args(argv)
 
-    info = machine()
-    runs = []
-    with quiet_stdio() as out:
-        args.out = out
-        for number in range(1, args.runs + 1):
-            out.write(f"run {number}: starting three Ray clusters ...\n")
-            result = run(args)
-            runs.append({"result": result, "summary": summarize(result)})
-            out.write(
-                f"run {number}: every existing worker draining "
-                f"{_seconds(runs[-1]['summary']['first_warning_to_all_draining_s'])} s "
-                "after the first warning\n"
-            )
-    data = {"benchmark": "load", "machine": info, "runs": runs}
+    if args.replot:
+        data = json.loads((RESULTS / "load.json").read_text())
+    else:
+        info = machine()
+        runs = []
+        with quiet_stdio() as out:
+            args.out = out
+            for number in range(1, args.runs + 1):
+                out.write(f"run {number}: starting three Ray clusters ...\n")
+                result = run(args)
+                runs.append({"result": result, "summary": summarize(result)})
+                out.write(
+                    f"run {number}: every existing worker draining "
+                    f"{_seconds(runs[-1]['summary']['first_warning_to_all_draining_s'])} s "
+                    "after the first warning\n"
+                )
+        data = {"benchmark": "load", "machine": info, "runs": runs}
     markdown = render(data)
     json_path, md_path = write_results("load", data, markdown)
+    png_path = RESULTS / "load.png"
+    plot(data, png_path)
     print(markdown)
-    print(f"\nwritten: {json_path.relative_to(ROOT)}, {md_path.relative_to(ROOT)}")
+    written = ", ".join(str(p.relative_to(ROOT)) for p in (json_path, md_path, png_path))
+    print(f"\nwritten: {written}")
     return 0
 
 

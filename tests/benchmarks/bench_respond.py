@@ -26,10 +26,9 @@ the machine (CPU model, cores, RAM, load average) and the date.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,11 +43,11 @@ from spot_responder.cli.embedded import (
     EmbeddedNode,
     EmbeddedRayCluster,
 )
+from tests.benchmarks.report import RESULTS, machine, machine_line, write_results
 
 SIZES = (1, 100, 2_000)
 ANALYSE_RUNS = 3
 PUT_OBJECTS = 20
-RESULTS = Path(__file__).resolve().parent / "results"
 WORKERS = tuple(
     EmbeddedNode(f"i-0b0b0b0b0b0b0{n:04d}", "x86_spot_worker", "spot", num_cpus=1)
     for n in range(1, len(SIZES) + 1)
@@ -75,11 +74,25 @@ class Busy:
         return 1
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw the table and PNG from respond.json"
+    )
+    args = parser.parse_args(argv)
+    report = json.loads((RESULTS / "respond.json").read_text()) if args.replot else _run()
+    markdown = _markdown(report)
+    write_results("respond", report, markdown)
+    plot(report, RESULTS / "respond.png")
+    print(markdown)
+    return 0
+
+
+def _run() -> dict[str, Any]:
     import ray
 
     started = time.monotonic()
-    machine = _machine()
+    info = machine()
     rows: list[dict[str, Any]] = []
     print(f"starting a local Ray cluster (head + {len(WORKERS)} workers)...", file=sys.stderr)
     with EmbeddedRayCluster(workers=WORKERS, head=HEAD_NODE) as cluster:
@@ -87,18 +100,12 @@ def main() -> int:
         for size, worker in zip(SIZES, WORKERS, strict=True):
             rows.append(_measure(cluster, worker, size))
             print(_row_text(rows[-1]), file=sys.stderr)
-    report = {
-        "machine": machine,
+    return {
+        "machine": info,
         "running_tasks_are": HOW,
         "runs": rows,
         "bench_seconds": round(time.monotonic() - started, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "respond.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = _markdown(report)
-    (RESULTS / "respond.md").write_text(table)
-    print(table)
-    return 0
 
 
 def _measure(cluster: EmbeddedRayCluster, worker: EmbeddedNode, size: int) -> dict[str, Any]:
@@ -204,30 +211,6 @@ def _respond(cluster: EmbeddedRayCluster, worker: EmbeddedNode, action: str) -> 
     }
 
 
-def _machine() -> dict[str, Any]:
-    cpu_model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.lower().startswith("model name"):
-            cpu_model = line.split(":", 1)[1].strip()
-            break
-    ram_kib = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
-    import ray
-
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "ram_gib": round(ram_kib / 1024 / 1024, 1),
-        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-    }
-
-
 def _row_text(row: dict[str, Any]) -> str:
     drain = row["drain"]
     return (
@@ -237,14 +220,12 @@ def _row_text(row: dict[str, Any]) -> str:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    machine = report["machine"]
     lines = [
         "# `ray_hooks respond`: drain issued vs analysis done",
         "",
-        f"{machine['date']}; {machine['nproc']} cores ({machine['cpu_model']}), "
-        f"{machine['ram_gib']} GiB RAM; load average at start "
-        f"{', '.join(str(x) for x in machine['load_average_at_start'])} (other Ray clusters "
-        f"share this machine); Python {machine['python']}, Ray {machine['ray']}.",
+        machine_line(report["machine"]) + ".",
+        "",
+        "Command: `make bench-respond`.",
         "",
         f"Running tasks: {report['running_tasks_are']}. Times in seconds from the start of "
         "`python -m ray_hooks` (its `timings`); wall = from spawning the process, which adds "
@@ -263,8 +244,46 @@ def _markdown(report: dict[str, Any]) -> str:
             f"| {drain['spawn_to_exit_s']:.3f} | {row['analysis_s_median_of_analyse_only']:.3f} "
             f"| {drain['response_bytes']:,} | {row['verdict']} |"
         )
-    lines.append("")
+    lines += ["", "![drain issued vs analysis done](respond.png)", ""]
     return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Per size: process spawn → drain issued, then → analysis done, then → exit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["runs"]
+    labels = [f"{row['tasks']:,} running task{'' if row['tasks'] == 1 else 's'}" for row in rows]
+    to_drain = [row["drain"]["spawn_to_drain_issued_s"] for row in rows]
+    # `total_s` counts from the start of ray_hooks; the interpreter start comes before it.
+    interpreter = [
+        row["drain"]["spawn_to_drain_issued_s"] - row["drain"]["drain_s"] for row in rows
+    ]
+    to_analysed = [row["drain"]["total_s"] + i for row, i in zip(rows, interpreter, strict=True)]
+    to_exit = [row["drain"]["spawn_to_exit_s"] for row in rows]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    y = range(len(rows))
+    ax.barh(y, to_drain, color="tab:green", label="spawn → drain issued")
+    analysis = [a - d for a, d in zip(to_analysed, to_drain, strict=True)]
+    ax.barh(y, analysis, left=to_drain, color="tab:blue", label="→ analysis done")
+    rest = [e - a for e, a in zip(to_exit, to_analysed, strict=True)]
+    ax.barh(y, rest, left=to_analysed, color="tab:gray", label="→ process exit")
+    for n, (drain, end) in enumerate(zip(to_drain, to_exit, strict=True)):
+        ax.text(drain, n + 0.3, f" {drain:.2f} s", fontsize=8, va="center")
+        ax.text(end, n, f" {end:.2f} s", fontsize=8, va="center")
+    ax.set_yticks(list(y), labels)
+    ax.set_xlabel("seconds from spawning `python -m ray_hooks respond`")
+    ax.set_title(
+        "The drain does not wait for the analysis, however much runs on the node", fontsize=10
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

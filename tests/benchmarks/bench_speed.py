@@ -10,7 +10,9 @@
 2. `python -m ray_hooks respond` on a real local Ray cluster (head + 2 spot workers): from
    process start to the drain issued (the response's `drain_issued_at`) and to the
    response (the process's wall time), with ray_hooks' own `timings`.
-3. Cold start: importing `spot_responder.handlers.responder` in fresh processes with the
+3. `spot-responder replay --ray-address` against a running cluster, a fresh process each:
+   from process start to the drain issued and to exit.
+4. Cold start: importing `spot_responder.handlers.responder` in fresh processes with the
    Lambda's environment (tracing on), median of several; and the size of the built
    function package (`.aws-sam/build/ResponderFunction`, from `make stack`) if present.
 
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.report import (
+    RESULTS,
     ROOT,
     machine,
     machine_line,
@@ -194,6 +197,56 @@ def ray_hooks_timings(not_found_runs: int) -> list[dict[str, Any]]:
     return runs
 
 
+def replay_timings(clusters: int, work_dir: Path) -> list[dict[str, Any]]:
+    """`spot-responder replay --ray-address` as a user runs it, against a running cluster:
+    from process start to the drain issued and to exit (one warning per spot worker, a
+    fresh cluster for each pair)."""
+    from spot_responder.cli.embedded import SPOT_WORKERS, EmbeddedRayCluster
+    from tests.support import load_event
+
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    runs = []
+    for c in range(clusters):
+        with EmbeddedRayCluster() as cluster:
+            for worker in SPOT_WORKERS:
+                event = load_event("spot-interruption-terminate.json")
+                event["id"] = f"bench-replay-{c}-{worker.instance_id}"
+                event["detail"]["instance-id"] = worker.instance_id
+                path = work_dir / f"warning-{c}-{worker.instance_id}.json"
+                path.write_text(json.dumps(event))
+                spawned_at = time.time()
+                done = subprocess.run(
+                    [
+                        *(sys.executable, "-m", "spot_responder.cli.main", "replay"),
+                        *("--ray-address", cluster.address, "--json"),
+                        *("--ledger", str(work_dir / f"replay-{c}.sqlite3"), str(path)),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=120,
+                    check=False,
+                )
+                wall = time.time() - spawned_at
+                notices = json.loads(done.stdout) if done.returncode == 0 else [{}]
+                issued = notices[0].get("drain_issued_at")
+                runs.append(
+                    {
+                        "instance_id": worker.instance_id,
+                        "exit_code": done.returncode,
+                        "action": notices[0].get("action"),
+                        "spawn_to_drain_issued_s": (
+                            None
+                            if issued is None
+                            else datetime.fromisoformat(issued).timestamp() - spawned_at
+                        ),
+                        "spawn_to_exit_s": wall,
+                        "stderr_tail": done.stderr[-300:] if done.returncode else "",
+                    }
+                )
+    return runs
+
+
 # ---------------------------------------------------------------- 3. cold start
 
 
@@ -305,6 +358,24 @@ def render(data: dict[str, Any]) -> str:
             ],
         ),
         "",
+        "## `spot-responder replay --ray-address` (a user's replay against a running cluster)",
+        "",
+        "A fresh process each: the CLI loads the handler while the cluster's nodes are listed, "
+        "then the handler claims, decides and runs `ray_hooks respond` on the cluster.",
+        "",
+        table(
+            ["instance", "action", "start → drain issued s", "start → exit s"],
+            [
+                [
+                    r["instance_id"],
+                    r["action"] or f"exit {r['exit_code']}",
+                    "-" if r["spawn_to_drain_issued_s"] is None else r["spawn_to_drain_issued_s"],
+                    r["spawn_to_exit_s"],
+                ]
+                for r in data.get("replay", [])
+            ],
+        ),
+        "",
         "## Cold start",
         "",
     ]
@@ -330,7 +401,60 @@ def render(data: dict[str, Any]) -> str:
     else:
         rows.append(["package", "not built (`make stack` runs `sam build`)"])
     parts.append(table(["what", "figure"], rows))
+    parts += ["", "![handler overhead and time to the drain](speed.png)"]
     return "\n".join(parts)
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Left: the handler's cost per batch size. Right: each fresh process, spawn → drain
+    issued → done, for `ray_hooks respond` alone and for a whole `spot-responder replay`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8), width_ratios=(1, 1.4))
+    for ledger, color in (("SQLite file", "tab:orange"), ("SQLite in memory", "tab:blue")):
+        rows = [r for r in data["handler_overhead"] if r["ledger"] == ledger]
+        sizes = [r["records"] for r in rows]
+        medians = [r["batch_ms_median"] for r in rows]
+        left.plot(sizes, medians, "o-", color=color, label=f"{ledger}: median")
+        left.plot(sizes, [r["batch_ms_p90"] for r in rows], "x:", color=color, label="p90")
+    left.set_xlabel("records per batch")
+    left.set_ylabel("handler ms per batch (cluster call excluded)")
+    left.set_title("Handler overhead", fontsize=10)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+
+    runs = [
+        (f"ray_hooks respond: {r['label']}", r["spawn_to_drain_issued_s"], r["spawn_to_response_s"])
+        for r in data["ray_hooks_respond"]
+    ] + [
+        (
+            f"replay --ray-address: {r['instance_id'][-5:]}",
+            r["spawn_to_drain_issued_s"],
+            r["spawn_to_exit_s"],
+        )
+        for r in data.get("replay", [])
+    ]
+    for n, (_, to_drain, to_end) in enumerate(runs):
+        if to_drain is not None:
+            right.barh(
+                n, to_drain, color="tab:green", label="spawn → drain issued" if n == 0 else None
+            )
+        start = to_drain or 0.0
+        right.barh(
+            n, to_end - start, left=start, color="tab:gray", label="→ done" if n == 0 else None
+        )
+    right.set_yticks(range(len(runs)), [label for label, _, _ in runs], fontsize=7)
+    right.invert_yaxis()
+    right.set_xlabel("seconds from spawning the process")
+    right.set_title("Fresh processes against a real local cluster", fontsize=10)
+    right.grid(axis="x", alpha=0.3)
+    right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,8 +463,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--imports", type=int, default=7, help="fresh import processes (7)")
     parser.add_argument("--not-found-runs", type=int, default=5)
+    parser.add_argument(
+        "--replay-clusters", type=int, default=3, help="clusters for the replay timings (3)"
+    )
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw the table and PNG from speed.json"
+    )
     args = parser.parse_args(argv)
+    data = json.loads((RESULTS / "speed.json").read_text()) if args.replot else _run(args)
+    markdown = render(data)
+    json_path, md_path = write_results("speed", data, markdown)
+    png_path = RESULTS / "speed.png"
+    plot(data, png_path)
+    print(markdown)
+    written = ", ".join(str(p.relative_to(ROOT)) for p in (json_path, md_path, png_path))
+    print(f"\nwritten: {written}")
+    return 0
 
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     data: dict[str, Any] = {"benchmark": "speed", "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as scratch, quiet_stdio() as out:
         out.write("handler overhead ...\n")
@@ -350,14 +491,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         out.write("ray_hooks respond on a real cluster ...\n")
         data["ray_hooks_respond"] = ray_hooks_timings(args.not_found_runs)
+        out.write("spot-responder replay against a running cluster ...\n")
+        data["replay"] = replay_timings(args.replay_clusters, Path(scratch))
         out.write("cold start ...\n")
         data["cold_start"] = cold_start_imports(args.imports)
         data["package"] = package_size()
-    markdown = render(data)
-    json_path, md_path = write_results("speed", data, markdown)
-    print(markdown)
-    print(f"\nwritten: {json_path.relative_to(ROOT)}, {md_path.relative_to(ROOT)}")
-    return 0
+    return data
 
 
 if __name__ == "__main__":
