@@ -34,20 +34,23 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.autoscaler_cluster import FakeAutoscalingCluster, WorkerType, fake_autoscaling_cluster
-from tests.benchmarks.report import RESULTS, ROOT, machine, machine_line, table, write_results
-from tests.support import EVENTS
+from tests.autoscaler_cluster import (
+    FakeAutoscalingCluster,
+    WorkerType,
+    fake_autoscaling_cluster,
+    replay_warning,
+)
+from tests.benchmarks.report import machine, machine_line, publish, saved, table
 
 DOOMED_INSTANCE = "i-0a1b2c3d4e5f60001"
 DOOMED_TYPE = "x86_spot_worker"
@@ -58,7 +61,6 @@ WORKER_TYPES = (
     WorkerType(STEADY_TYPE, "on-demand", "arm64", cpus=2),
     WorkerType(REPLACEMENT_TYPE, "spot", "x86_64", cpus=2),
 )
-SPOT_NOTICE_WINDOW_S = 120  # what EC2 gives; the event's time is set so that it ends at the kill
 WINDOW_S = 30  # the scaled window: termination = notice + 30 s
 SAFETY_MARGIN_S = 5
 NOTICE_AFTER_S = 10  # after the job started
@@ -193,7 +195,13 @@ def _run_on(
         notice: dict[str, Any] | None = None
         replay_s = None
         if mode == "responder":
-            notice = _replay(cluster, tmp, termination)
+            notice = replay_warning(
+                cluster,
+                tmp,
+                termination,
+                event_id=f"bench-work-saved-{int(termination)}",
+                safety_margin_s=SAFETY_MARGIN_S,
+            )
             replay_s = time.time() - notice_sent
             asked = (notice.get("replacement") or {}).get("node_type")
             log(
@@ -204,7 +212,11 @@ def _run_on(
             log(f"{mode}: notice at t+{notice_sent - t0:.1f} s: nothing acts on it")
         _sleep_until(termination)
         killed_at = time.time()
-        killed = _kill_node(cluster, doomed)
+        killed = (
+            "already gone (the drained node exited by itself once idle)"
+            if cluster.kill_node(doomed) is None
+            else "SIGKILLed with its workers"
+        )
         log(f"{mode}: termination at t+{killed_at - t0:.1f} s: raylet {killed}")
         driver.wait(timeout=JOB_TIMEOUT_S)
     finally:
@@ -297,68 +309,6 @@ def _drain(driver: subprocess.Popen[str], output: list[str]) -> None:
 
 def _sleep_until(at: float) -> None:
     time.sleep(max(0.0, at - time.time()))
-
-
-def _replay(cluster: FakeAutoscalingCluster, tmp: Path, termination: float) -> dict[str, Any]:
-    """The sample spot warning through the Lambda's handler, EC2 terminating at `termination`."""
-    event = json.loads((EVENTS / "spot-interruption-terminate.json").read_text())
-    sent = datetime.fromtimestamp(termination - SPOT_NOTICE_WINDOW_S, tz=UTC)
-    event["id"] = f"bench-work-saved-{int(termination)}"
-    event["time"] = sent.strftime("%Y-%m-%dT%H:%M:%SZ")
-    path = tmp / "warning.json"
-    path.write_text(json.dumps(event))
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env |= {
-        "SAFETY_MARGIN_SECONDS": str(SAFETY_MARGIN_S),
-        "REPLACEMENT_MODE": "spot-first",
-        "RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path,  # the head's ~/ray_bootstrap_config.yaml
-    }
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "spot_responder.cli.main", "replay"),
-            *("--ray-address", cluster.gcs_address, "--keep-time", "--json"),
-            *("--ledger", str(tmp / "ledger.sqlite3"), str(path)),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"replay failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    (notice,) = json.loads(done.stdout)
-    return dict(notice)
-
-
-def _kill_node(cluster: FakeAutoscalingCluster, node_id: str) -> str:
-    """End the node as EC2 ends an instance: SIGKILL its raylet and every process under it.
-
-    Only a raylet of this cluster's own process group with this `--node_id` is touched.
-    A drained node whose work finished has already exited by itself: nothing to kill.
-    """
-    import psutil
-
-    flag = f"--node_id={node_id}"
-    raylets = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or [""]
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if (
-                cmdline[0].endswith("/raylet")
-                and flag in cmdline
-                and os.getpgid(process.pid) == cluster.process_group
-            ):
-                raylets.append(process)
-    if not raylets:
-        return "already gone (the drained node exited by itself once idle)"
-    for raylet in raylets:
-        with contextlib.suppress(psutil.Error):
-            under_it = raylet.children(recursive=True)
-            for process in [raylet, *under_it]:
-                with contextlib.suppress(psutil.Error):
-                    process.send_signal(signal.SIGKILL)
-    return "SIGKILLed with its workers"
 
 
 # ---------------------------------------------------------------- figures
@@ -587,6 +537,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
             (result["drain_deadline"], "drain deadline", "gray", ":"),
             (result["killed_at"], "termination (kill)", "tab:red", "-"),
         ]
+        if summary["notice_to_drain_s"] is not None:
+            drained = result["notice_at"] + summary["notice_to_drain_s"]
+            marks.append((drained, "drain issued", "tab:orange", "--"))
         if summary["notice_to_replacement_s"] is not None:
             joined = result["notice_at"] + summary["notice_to_replacement_s"]
             marks.append((joined, "replacement joined", "tab:green", "-."))
@@ -627,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     if args.replot:
-        data = json.loads((RESULTS / "work_saved.json").read_text())
+        data = saved("work_saved")
     else:
         info = machine()
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -661,14 +614,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "runs": runs,
         }
-    markdown = render(data)
-    json_path, md_path = write_results("work_saved", data, markdown)
-    png_path = RESULTS / "work_saved.png"
-    plot(data, png_path)
     print()
-    print(markdown)
-    written = ", ".join(str(p.relative_to(ROOT)) for p in (json_path, md_path, png_path))
-    print(f"\nwritten: {written}")
+    publish("work_saved", data, render(data), plot)
     return 0
 
 
