@@ -46,11 +46,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import EVENTS, spot_responder
 
 # The fake provider's fixed id for the head node (and the base of every worker id).
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
@@ -61,6 +64,7 @@ MARKET_LABEL = "ray.io/market-type"
 NODE_GROUP_LABEL = "ray.io/node-group"
 ARCH_LABEL = "spot-responder/arch"
 INSTANCE_ID_LABEL = "spot-responder/instance-id"
+SPOT_NOTICE_WINDOW_S = 120  # EC2 terminates a spot instance 2 minutes after the warning
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # keep /dev/shm use small: many clusters share it
 _RAY_BIN = Path(sys.executable).with_name("ray")
 
@@ -336,6 +340,38 @@ class FakeAutoscalingCluster:
             return logs[-1].read_text(errors="replace")[-tail:]
         return ""
 
+    def kill_node(self, node_id: str) -> float | None:
+        """End a node as EC2 ends an instance: SIGKILL its raylet and everything under it.
+
+        Only a raylet of this cluster's own process group with this `--node_id` is touched
+        (a worker whose raylet died keeps running for a while, and would finish its task as
+        if nothing had happened, hence the processes under it). Returns when the kill was
+        sent (wall clock), or None when no such raylet runs: a drained node whose work
+        finished has already exited by itself.
+        """
+        import psutil
+
+        flag = f"--node_id={node_id}"
+        raylets = []
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or [""]
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if (
+                    cmdline[0].endswith("/raylet")
+                    and flag in cmdline
+                    and os.getpgid(process.pid) == self.process_group
+                ):
+                    raylets.append(process)
+        if not raylets:
+            return None
+        killed_at = time.time()
+        for raylet in raylets:
+            with contextlib.suppress(psutil.Error):
+                for process in [raylet, *raylet.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        process.send_signal(signal.SIGKILL)
+        return killed_at
+
     def _head_alive(self) -> bool:
         return any(n.is_head and n.alive for n in self.nodes())
 
@@ -399,3 +435,39 @@ def describe(cluster: FakeAutoscalingCluster) -> str:
             if n.alive
         ]
     )
+
+
+def replay_warning(
+    cluster: FakeAutoscalingCluster,
+    workdir: Path,
+    termination: float,
+    *,
+    event_id: str,
+    safety_margin_s: float,
+    ledger: Path | None = None,
+) -> dict[str, Any]:
+    """The sample spot warning (events/spot-interruption-terminate.json) through
+    `spot-responder replay --ray-address ... --keep-time`, as a user runs it, with its time
+    set so that EC2 terminates the instance at `termination` (wall clock). The head's
+    cluster config is the cluster's own (`~/ray_bootstrap_config.yaml` on a real head).
+    Returns the replay's JSON for the notice."""
+    event = json.loads((EVENTS / "spot-interruption-terminate.json").read_text())
+    sent = datetime.fromtimestamp(termination - SPOT_NOTICE_WINDOW_S, tz=UTC)
+    event["id"] = event_id
+    event["time"] = sent.strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = workdir / "warning.json"
+    path.write_text(json.dumps(event))
+    done = spot_responder(
+        *("replay", "--ray-address", cluster.gcs_address, "--keep-time", "--json"),
+        *("--ledger", str(ledger or workdir / "ledger.sqlite3"), str(path)),
+        env={
+            "SAFETY_MARGIN_SECONDS": str(safety_margin_s),
+            "REPLACEMENT_MODE": "spot-first",
+            "RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path,
+        },
+        timeout_s=180,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"replay failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    (notice,) = json.loads(done.stdout)
+    return dict(notice)

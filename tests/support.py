@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,22 @@ X86_WORKER = "i-0a1b2c3d4e5f60001"
 ARM_WORKER = "i-0a1b2c3d4e5f60002"
 HEAD = "i-0d0d0d0d0d0d0d0d0"
 NOT_RAY = "i-0fedcba9876543210"
+
+
+def spot_responder(
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """`spot-responder ARGS` as a user runs it, in a process of its own. `env` is added to
+    this environment, from which RAY_ADDRESS is left out (only --ray-address picks a cluster)."""
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "spot_responder.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=environment | dict(env or {}),
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -42,13 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.report import (
-    RESULTS,
-    ROOT,
     machine,
     machine_line,
+    publish,
     quiet_stdio,
+    saved,
     table,
-    write_results,
 )
 
 WARNINGS = 128
@@ -716,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.replot:
-        data = json.loads((RESULTS / "load.json").read_text())
+        data = saved("load")
     else:
         info = machine()
         runs = []
@@ -732,13 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                     "after the first warning\n"
                 )
         data = {"benchmark": "load", "machine": info, "runs": runs}
-    markdown = render(data)
-    json_path, md_path = write_results("load", data, markdown)
-    png_path = RESULTS / "load.png"
-    plot(data, png_path)
-    print(markdown)
-    written = ", ".join(str(p.relative_to(ROOT)) for p in (json_path, md_path, png_path))
-    print(f"\nwritten: {written}")
+    publish("load", data, render(data), plot)
     return 0
 
 

@@ -43,7 +43,7 @@ from spot_responder.cli.embedded import (
     EmbeddedNode,
     EmbeddedRayCluster,
 )
-from tests.benchmarks.report import RESULTS, machine, machine_line, write_results
+from tests.benchmarks.report import machine, machine_line, publish, saved
 
 SIZES = (1, 100, 2_000)
 ANALYSE_RUNS = 3
@@ -80,11 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         "--replot", action="store_true", help="redraw the table and PNG from respond.json"
     )
     args = parser.parse_args(argv)
-    report = json.loads((RESULTS / "respond.json").read_text()) if args.replot else _run()
-    markdown = _markdown(report)
-    write_results("respond", report, markdown)
-    plot(report, RESULTS / "respond.png")
-    print(markdown)
+    report = saved("respond") if args.replot else _run()
+    publish("respond", report, _markdown(report), plot)
     return 0
 
 

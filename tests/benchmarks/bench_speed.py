@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.report import (
-    RESULTS,
     ROOT,
     machine,
     machine_line,
     median,
     p90,
+    publish,
     quiet_stdio,
+    saved,
     table,
-    write_results,
 )
 
 BATCH_SIZES = (1, 10, 50)
@@ -202,9 +202,8 @@ def replay_timings(clusters: int, work_dir: Path) -> list[dict[str, Any]]:
     from process start to the drain issued and to exit (one warning per spot worker, a
     fresh cluster for each pair)."""
     from spot_responder.cli.embedded import SPOT_WORKERS, EmbeddedRayCluster
-    from tests.support import load_event
+    from tests.support import load_event, spot_responder
 
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     runs = []
     for c in range(clusters):
         with EmbeddedRayCluster() as cluster:
@@ -215,17 +214,10 @@ def replay_timings(clusters: int, work_dir: Path) -> list[dict[str, Any]]:
                 path = work_dir / f"warning-{c}-{worker.instance_id}.json"
                 path.write_text(json.dumps(event))
                 spawned_at = time.time()
-                done = subprocess.run(
-                    [
-                        *(sys.executable, "-m", "spot_responder.cli.main", "replay"),
-                        *("--ray-address", cluster.address, "--json"),
-                        *("--ledger", str(work_dir / f"replay-{c}.sqlite3"), str(path)),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    timeout=120,
-                    check=False,
+                done = spot_responder(
+                    *("replay", "--ray-address", cluster.address, "--json"),
+                    *("--ledger", str(work_dir / f"replay-{c}.sqlite3"), str(path)),
+                    timeout_s=120,
                 )
                 wall = time.time() - spawned_at
                 notices = json.loads(done.stdout) if done.returncode == 0 else [{}]
@@ -470,14 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         "--replot", action="store_true", help="redraw the table and PNG from speed.json"
     )
     args = parser.parse_args(argv)
-    data = json.loads((RESULTS / "speed.json").read_text()) if args.replot else _run(args)
-    markdown = render(data)
-    json_path, md_path = write_results("speed", data, markdown)
-    png_path = RESULTS / "speed.png"
-    plot(data, png_path)
-    print(markdown)
-    written = ", ".join(str(p.relative_to(ROOT)) for p in (json_path, md_path, png_path))
-    print(f"\nwritten: {written}")
+    data = saved("speed") if args.replot else _run(args)
+    publish("speed", data, render(data), plot)
     return 0
 
 

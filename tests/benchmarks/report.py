@@ -13,7 +13,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +95,24 @@ def p90(values: Sequence[float]) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def saved(name: str) -> dict[str, Any]:
+    """The raw figures of the last run (`--replot` redraws from them)."""
+    data: dict[str, Any] = json.loads((RESULTS / f"{name}.json").read_text())
+    return data
+
+
+def publish(
+    name: str, data: dict[str, Any], markdown: str, plot: Callable[[dict[str, Any], Path], None]
+) -> None:
+    """Write <name>.json, <name>.md and <name>.png to RESULTS; print the table and the files."""
+    json_path, md_path = write_results(name, data, markdown)
+    png_path = RESULTS / f"{name}.png"
+    plot(data, png_path)
+    print(markdown)
+    written = ", ".join(str(p.relative_to(ROOT)) for p in (json_path, md_path, png_path))
+    print(f"\nwritten: {written}")
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:

@@ -6,9 +6,6 @@ Everything is judged by what Ray's own GCS says about its nodes, and by the ledg
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,22 +14,17 @@ import pytest
 
 from spot_responder.cli.embedded import EmbeddedRayCluster
 from tests.ray_hooks_support import drained_by_ray
-from tests.support import ARM_WORKER, EVENTS, HEAD, X86_WORKER, load_event, sqs_event
+from tests.support import (
+    ARM_WORKER,
+    EVENTS,
+    HEAD,
+    X86_WORKER,
+    load_event,
+    spot_responder,
+    sqs_event,
+)
 
 pytestmark = pytest.mark.ray
-
-
-def spot_responder(
-    *args: str, timeout_s: float = 240, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spot_responder.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        env=None if env is None else os.environ | env,
-    )
 
 
 @pytest.fixture

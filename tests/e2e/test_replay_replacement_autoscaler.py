@@ -30,11 +30,9 @@ capacity request to the replacement joining.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import textwrap
@@ -57,9 +55,10 @@ from tests.autoscaler_cluster import (
     FakeNode,
     WorkerType,
     fake_autoscaling_cluster,
+    replay_warning,
 )
 from tests.ray_hooks_support import run_ray_hooks
-from tests.support import EVENTS
+from tests.support import spot_responder
 
 pytestmark = [pytest.mark.ray, pytest.mark.autoscaler]
 
@@ -77,7 +76,6 @@ SAFETY_MARGIN_S = 5
 #: The real termination lies this far after the busy task is sent (the replay follows at once).
 TERMINATION_AHEAD_S = 28
 PENDING_TASKS = 4  # 1 CPU, 1 s each: more than what remains once the warned node is gone
-SPOT_NOTICE_WINDOW_S = 120  # EC2 terminates a spot instance 2 minutes after the warning
 JOIN_TIMEOUT_S = 90
 WORKLOAD_TIMEOUT_S = 90
 IDLE_REMOVAL_TIMEOUT_S = 120
@@ -173,7 +171,8 @@ def _warn_and_kill(cluster: FakeAutoscalingCluster, tmp_path: Path) -> WarnedAnd
 
         # AND at the termination time the instance is gone: its raylet is killed
         replacement, seen_at = _wait_for_replacement(cluster, asked["node_type"], termination)
-        killed_at = _kill_node(cluster, warned)
+        killed_at = cluster.kill_node(warned.node_id)
+        assert killed_at is not None, "the warned node's raylet ended before its termination"
         if replacement is None:
             pytest.fail(
                 f"no {asked['node_type']} node joined before the warned node was killed "
@@ -287,54 +286,22 @@ def _remember_interrupted(gcs: Any, config_path: str, node_type: str, minutes_ag
     assert request.status == NO_REPLACEMENT, request.reason
 
 
-def _spot_responder(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`spot-responder ...` as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "spot_responder.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
-
-
 def _replay(
     cluster: FakeAutoscalingCluster, tmp_path: Path, ledger: Path, termination: float
 ) -> dict[str, Any]:
     """Replay the sample warning, its time set so that EC2 terminates at `termination`."""
-    event = json.loads((EVENTS / "spot-interruption-terminate.json").read_text())
-    sent = datetime.fromtimestamp(termination - SPOT_NOTICE_WINDOW_S, tz=UTC)
-    event["id"] = f"issue-4-{tmp_path.name}"
-    event["time"] = sent.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert event["detail"]["instance-id"] == WARNED_INSTANCE
-    path = tmp_path / "warning.json"
-    path.write_text(json.dumps(event))
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env |= {
-        "SAFETY_MARGIN_SECONDS": str(SAFETY_MARGIN_S),
-        "REPLACEMENT_MODE": "spot-first",
-        "RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path,  # the head's ~/ray_bootstrap_config.yaml
-    }
-    address = cluster.gcs_address
-    done = _spot_responder(
-        "replay",
-        "--ray-address",
-        address,
-        "--keep-time",
-        "--json",
-        "--ledger",
-        str(ledger),
-        str(path),
-        env=env,
+    notice = replay_warning(
+        cluster,
+        tmp_path,
+        termination,
+        event_id=f"issue-4-{tmp_path.name}",
+        safety_margin_s=SAFETY_MARGIN_S,
+        ledger=ledger,
     )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    (notice,) = json.loads(done.stdout)
+    assert notice["instance_id"] == WARNED_INSTANCE, notice
     deadline = datetime.fromisoformat(notice["deadline"]).timestamp()
     assert deadline == pytest.approx(termination - SAFETY_MARGIN_S, abs=1)
-    return dict(notice)
+    return notice
 
 
 def _wait_for_replacement(
@@ -358,32 +325,6 @@ def _wait_for_type(
     return None
 
 
-def _kill_node(cluster: FakeAutoscalingCluster, node: FakeNode) -> float:
-    """End the node as EC2 ends an instance: SIGKILL its raylet and what runs under it.
-
-    The raylet of a fake node is a process of this cluster's process group, found by its
-    `--node_id`; its workers and agents are its children (a worker whose raylet died
-    keeps running for a while, and would finish its task as if nothing had happened).
-    Returns when the kill was sent (wall clock).
-    """
-    import psutil
-
-    flag = f"--node_id={node.node_id}"
-    (raylet,) = [
-        process
-        for process in psutil.process_iter(["cmdline"])
-        if (process.info["cmdline"] or [""])[0].endswith("/raylet")
-        and flag in process.info["cmdline"]
-        and os.getpgid(process.pid) == cluster.process_group
-    ]
-    under_it = raylet.children(recursive=True)
-    killed_at = time.time()
-    for process in [raylet, *under_it]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(signal.SIGKILL)
-    return killed_at
-
-
 def _death(cluster: FakeAutoscalingCluster, node_id: str) -> tuple[str, str, float] | None:
     """How and when the GCS says the node died (reason, message, wall clock), or None."""
     from ray._raylet import GcsClient
@@ -397,7 +338,7 @@ def _death(cluster: FakeAutoscalingCluster, node_id: str) -> tuple[str, str, flo
 
 
 def _ledger_list(ledger: Path) -> list[dict[str, Any]]:
-    done = _spot_responder("ledger", "list", "--json", "--ledger", str(ledger))
+    done = spot_responder("ledger", "list", "--json", "--ledger", str(ledger))
     assert done.returncode == 0, done.stderr
     entries: list[dict[str, Any]] = json.loads(done.stdout)
     return entries

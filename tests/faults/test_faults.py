@@ -99,6 +99,19 @@ def two_clusters() -> FakeDirectory:
     )
 
 
+def responder_of(
+    channel: Any, ledger: Any, clock: FakeClock, directory: Any = None, **changes: Any
+) -> Responder:
+    """The real responder on the test's clock; two clusters unless `directory` says else."""
+    return Responder(
+        directory=directory or two_clusters(),
+        channel=channel,
+        ledger=ledger,
+        settings=settings(**changes),
+        clock=clock.now,
+    )
+
+
 def run_until_settled(
     queue: NoticeQueue,
     responder: Responder,
@@ -199,9 +212,7 @@ def test_head_node_unreachable_over_ssm_is_retried_then_dead_lettered_and_the_le
         aws.client("ssm"), directory, "spot-responder-respond", timeout_s=25, poll_s=0.5
     )
     ledger = DynamoDbLedger(ledger_table)
-    responder = Responder(
-        directory=directory, channel=channel, ledger=ledger, settings=settings(), clock=clock.now
-    )
+    responder = responder_of(channel, ledger, clock, directory)
     queue = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     worker = headless_cluster["worker"]
     queue.send(warning(worker, "w-1"), not_ray(), MALFORMED)
@@ -239,13 +250,7 @@ def test_ec2_failing_while_the_ssm_channel_looks_up_the_head_is_retried_not_a_cr
     throttle.on = True
     directory = Ec2Directory(ec2)
     channel = SsmClusterChannel(aws.client("ssm"), directory, "doc", timeout_s=25)
-    responder = Responder(
-        directory=directory,
-        channel=channel,
-        ledger=sqlite_ledger,
-        settings=settings(),
-        clock=clock.now,
-    )
+    responder = responder_of(channel, sqlite_ledger, clock, directory)
     queue = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     queue.send(warning(headless_cluster["worker"], "w-1"))
 
@@ -368,13 +373,7 @@ def test_command_timing_out_over_ssm_is_retried_and_drained_within_the_notice_de
         sleep=clock.sleep,
         clock=clock.monotonic,
     )
-    responder = Responder(
-        directory=directory,
-        channel=channel,
-        ledger=sqlite_ledger,
-        settings=settings(),
-        clock=clock.now,
-    )
+    responder = responder_of(channel, sqlite_ledger, clock, directory)
     queue = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     worker = headed_cluster["worker"]
     (message_id,) = queue.send(warning(worker, "w-1"))
@@ -416,13 +415,7 @@ def test_gcs_down_is_a_passing_failure_retried_until_dead_lettered(
 ):
     # GIVEN the local channel (the real `python -m ray_hooks respond`) pointed at a dead GCS
     channel = LocalClusterChannel(dead_gcs_address, timeout_s=60)
-    responder = Responder(
-        directory=two_clusters(),
-        channel=channel,
-        ledger=sqlite_ledger,
-        settings=settings(),
-        clock=clock.now,
-    )
+    responder = responder_of(channel, sqlite_ledger, clock)
     queue = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     queue.send(warning(X86_WORKER, "w-1"), warning(ARM_WORKER, "w-2"), not_ray())
 
@@ -505,13 +498,7 @@ def test_command_failing_is_retried_and_a_refusal_is_rejected_not_retried(
     tmp_path, sqlite_ledger, clock, script, outcome, reason
 ):
     channel = LocalClusterChannel("127.0.0.1:1", python=stand_in_python(tmp_path, "py", script))
-    responder = Responder(
-        directory=two_clusters(),
-        channel=channel,
-        ledger=sqlite_ledger,
-        settings=settings(),
-        clock=clock.now,
-    )
+    responder = responder_of(channel, sqlite_ledger, clock)
     queue = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     (message_id,) = queue.send(warning(X86_WORKER, "w-1"))
 
@@ -546,13 +533,8 @@ def test_command_timing_out_kills_ray_hooks_and_retries_the_records(
 ):
     # GIVEN ray_hooks waiting on a GCS that never answers, longer than the channel waits
     channel = LocalClusterChannel(black_hole_gcs, timeout_s=2)
-    responder = Responder(
-        directory=two_clusters(),
-        channel=channel,
-        ledger=sqlite_ledger,
-        settings=settings(max_receive_count=2),  # each delivery costs 2 s here
-        clock=clock.now,
-    )
+    # each delivery costs 2 s here
+    responder = responder_of(channel, sqlite_ledger, clock, max_receive_count=2)
     queue = NoticeQueue(2, QUEUE["batch_size"])
     queue.send(warning(X86_WORKER, "w-1"), warning(OTHER_CLUSTER_WORKER, "w-2"))
 
@@ -572,13 +554,7 @@ def test_command_timing_out_kills_ray_hooks_and_retries_the_records(
 
 
 def dynamodb_responder(ledger_table, clock, channel=None, directory=None) -> Responder:
-    return Responder(
-        directory=directory or two_clusters(),
-        channel=channel or FakeChannel(),
-        ledger=DynamoDbLedger(ledger_table),
-        settings=settings(),
-        clock=clock.now,
-    )
+    return responder_of(channel or FakeChannel(), DynamoDbLedger(ledger_table), clock, directory)
 
 
 @pytest.mark.aws
@@ -692,13 +668,7 @@ def test_lambda_dying_mid_dispatch_leaves_claims_its_redelivery_takes_back_at_on
     # after the first cluster drained its nodes but before any outcome was written
     fake = FakeChannel()
     channel = DyingChannel(fake, dies_on="second-cluster")
-    responder = Responder(
-        directory=two_clusters(),
-        channel=channel,
-        ledger=sqlite_ledger,
-        settings=settings(),
-        clock=clock.now,
-    )
+    responder = responder_of(channel, sqlite_ledger, clock)
     queue = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     queue.send(
         warning(X86_WORKER, "w-1"),
@@ -733,13 +703,7 @@ def test_lambda_dying_while_writing_outcomes_redoes_only_what_was_not_written(sq
     # GIVEN an invocation that dies on its third outcome write (after two were written)
     fake = FakeChannel()
     ledger = DyingLedger(sqlite_ledger, dies_on_save=3)
-    responder = Responder(
-        directory=two_clusters(),
-        channel=fake,
-        ledger=ledger,
-        settings=settings(),
-        clock=clock.now,
-    )
+    responder = responder_of(fake, ledger, clock)
     queue = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     workers = [X86_WORKER, ARM_WORKER, OTHER_CLUSTER_WORKER]
     queue.send(*(warning(w, f"w-{n}") for n, w in enumerate(workers)))
@@ -767,13 +731,7 @@ def test_notice_held_by_a_dead_invocation_is_retried_by_other_messages_until_the
     # GIVEN an invocation that died holding the claim on a warning
     fake = FakeChannel()
     dying = DyingChannel(fake, dies_on="ray-on-aws")
-    responder = Responder(
-        directory=two_clusters(),
-        channel=dying,
-        ledger=sqlite_ledger,
-        settings=settings(),
-        clock=clock.now,
-    )
+    responder = responder_of(dying, sqlite_ledger, clock)
     first = NoticeQueue(MAX_RECEIVES, QUEUE["batch_size"])
     first.send(warning(X86_WORKER, "w-1"))
     event, _ = first.receive()

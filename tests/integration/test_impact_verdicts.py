@@ -10,8 +10,6 @@ node, so the tests do not see each other's work.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from spot_responder.cli.embedded import (
     EmbeddedRayCluster,
 )
 from tests.ray_hooks_support import notice, request, run_ray_hooks
-from tests.support import EVENTS
+from tests.support import EVENTS, spot_responder
 
 pytestmark = pytest.mark.ray
 
@@ -203,13 +201,3 @@ def test_job_with_a_put_object_whose_only_copy_is_on_the_node_is_at_risk_in_the_
     shown = spot_responder("ledger", "jobs", job_id, "--ledger", str(ledger))
     assert "at-risk" in shown.stdout
     assert object_id[:16] in shown.stdout
-
-
-def spot_responder(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spot_responder.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
