@@ -12,7 +12,8 @@
    response (the process's wall time), with ray_hooks' own `timings`.
 3. `spot-responder replay --ray-address` against a running cluster, a fresh process each:
    from process start to the drain issued and to exit.
-4. Cold start: importing `spot_responder.handlers.responder` in fresh processes with the
+4. Cold start: importing `spot_responder.handlers.responder` in fresh processes, from a
+   package laid out as functions/Makefile builds it, with and without its bytecode, with the
    Lambda's environment (tracing on), median of several; and the size of the built
    function package (`.aws-sam/build/ResponderFunction`, from `make stack`) if present.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -242,29 +244,83 @@ def replay_timings(clusters: int, work_dir: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- 3. cold start
 
 
-def cold_start_imports(runs: int) -> dict[str, Any]:
-    env = {**os.environ, **LAMBDA_ENV}
+def cold_start_imports(runs: int, work_dir: Path) -> dict[str, Any] | None:
+    """The handler's imports in fresh processes, from a package laid out as functions/Makefile
+    builds it (python3.12, this machine's wheels instead of arm64 ones), with Lambda's
+    environment and `-B` (Lambda's disk is read-only: nothing compiled is kept). First as
+    the package comes from pip (no bytecode), then with the bytecode the build adds."""
+    python = _python312()
+    if python is None:
+        return None
+    package = work_dir / "package"
+    subprocess.run(
+        [
+            *(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+            *("--no-compile", "--target", str(package)),
+            *("-r", str(ROOT / "functions" / "requirements.txt")),
+        ],
+        check=True,
+    )
+    shutil.copytree(
+        ROOT / "functions" / "spot_responder",
+        package / "spot_responder",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    without = _import_times(python, package, runs)
+    subprocess.run(
+        [python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", str(package)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    with_bytecode = _import_times(python, package, runs)
+    version = subprocess.run(
+        [python, "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    return {
+        "python": version,
+        "runs": runs,
+        "without_bytecode": without,
+        "with_bytecode": with_bytecode,
+    }
+
+
+def _import_times(python: str, package: Path, runs: int) -> dict[str, Any]:
+    env = {"PATH": os.environ.get("PATH", ""), **LAMBDA_ENV}
     import_s, process_s = [], []
     for _ in range(runs):
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-c", IMPORT_PROBE],
+            [python, "-B", "-s", "-c", IMPORT_PROBE],
             capture_output=True,
             text=True,
             env=env,
-            cwd=ROOT,
+            cwd=package,
             check=True,
         )
         process_s.append(time.perf_counter() - started)
         import_s.append(float(done.stdout.strip().splitlines()[-1]))
     return {
-        "runs": runs,
         "import_s_median": median(import_s),
         "import_s_min": min(import_s),
         "import_s_max": max(import_s),
         "process_s_median": median(process_s),
         "samples_import_s": [round(x, 3) for x in import_s],
     }
+
+
+def _python312() -> str | None:
+    """The Lambda runtime's Python here: pyenv's 3.12 install, else python3.12 on PATH."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for candidate in [
+        *sorted(root.glob("versions/3.12.*/bin/python3.12")),
+        shutil.which("python3.12"),
+    ]:
+        if (
+            candidate
+            and subprocess.run([str(candidate), "-c", "pass"], check=False).returncode == 0
+        ):
+            return str(candidate)
+    return None
 
 
 def package_size() -> dict[str, Any] | None:
@@ -372,15 +428,27 @@ def render(data: dict[str, Any]) -> str:
         "",
     ]
     cold = data["cold_start"]
-    rows = [
-        [
-            "import spot_responder.handlers.responder (median of "
-            f"{cold['runs']} fresh processes, Lambda env, tracing on)",
-            f"{cold['import_s_median']:.3f} s (min {cold['import_s_min']:.3f}, "
-            f"max {cold['import_s_max']:.3f})",
-        ],
-        ["python process start → import done → exit (median)", f"{cold['process_s_median']:.3f} s"],
-    ]
+    rows = []
+    if cold is None:
+        rows.append(["cold start", "not measured: no python3.12 here"])
+    else:
+        for key, how in (
+            (
+                "without_bytecode",
+                "no bytecode, as `sam build` shipped it before functions/Makefile",
+            ),
+            ("with_bytecode", "with the bytecode functions/Makefile adds"),
+        ):
+            figures = cold[key]
+            rows.append(
+                [
+                    f"import spot_responder.handlers.responder, {how} (Python {cold['python']}, "
+                    f"Lambda env, tracing on, `-B`; median of {cold['runs']} fresh processes)",
+                    f"{figures['import_s_median']:.3f} s (min {figures['import_s_min']:.3f}, "
+                    f"max {figures['import_s_max']:.3f}); process start to exit "
+                    f"{figures['process_s_median']:.3f} s",
+                ]
+            )
     package = data.get("package")
     if package:
         rows.append(
@@ -480,7 +548,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         out.write("spot-responder replay against a running cluster ...\n")
         data["replay"] = replay_timings(args.replay_clusters, Path(scratch))
         out.write("cold start ...\n")
-        data["cold_start"] = cold_start_imports(args.imports)
+        data["cold_start"] = cold_start_imports(args.imports, Path(scratch))
         data["package"] = package_size()
     return data
 
