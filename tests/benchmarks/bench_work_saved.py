@@ -322,6 +322,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     killed = [a for a in attempts if (a[0], a[1], round(a[2], 6)) not in ended]
     failed = [int(i) for i, r in job["results"].items() if not r["ok"]]
     doomed_starts = [a[2] for a in attempts if a[1] == doomed]
+    doomed_ends = [e[3] for e in job["ends"] if e[1] == doomed]
+    finished_after_notice = [e for e in job["ends"] if e[1] == doomed and e[2] > notice_at]
     drain_at = None
     if result["notice"] and result["notice"].get("drain_issued_at"):
         drain_at = datetime.fromisoformat(result["notice"]["drain_issued_at"]).timestamp()
@@ -341,6 +343,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "notice_to_drain_s": round(drain_at - notice_at, 2) if drain_at else None,
         "last_start_on_doomed_after_notice_s": (
             round(max(doomed_starts) - notice_at, 2) if doomed_starts else None
+        ),
+        "started_on_doomed_after_notice_finished": len(finished_after_notice),
+        "last_end_on_doomed_before_termination_s": (
+            round(killed_at - max(doomed_ends), 2) if doomed_ends else None
         ),
         "attempts_killed": len(killed),
         "cpu_seconds_killed": round(sum(max(0.0, killed_at - a[2]) for a in killed), 2),
@@ -371,6 +377,18 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
         "retries",
         "started_on_doomed_after_drain",
         "count",
+    ),
+    (
+        "tasks started on the doomed node after the notice that finished there",
+        "retries",
+        "started_on_doomed_after_notice_finished",
+        "count",
+    ),
+    (
+        "the doomed node's last task ended, s before the termination",
+        "retries",
+        "last_end_on_doomed_before_termination_s",
+        "s",
     ),
     ("notice -> drain issued (responder latency), s", "retries", "notice_to_drain_s", "s"),
     (
@@ -426,6 +444,7 @@ def headline(summaries: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     ours = [s for variant in VARIANTS for s in summaries[variant]["responder"]]
     alone = [s for variant in VARIANTS for s in summaries[variant]["ray-alone"]]
     latency = sorted(s["notice_to_drain_s"] for s in ours if s["notice_to_drain_s"] is not None)
+    idle = sorted(s["last_end_on_doomed_before_termination_s"] or 0.0 for s in ours)
 
     def total(runs: list[dict[str, Any]], key: str) -> float:
         return sum(s[key] or 0 for s in runs)
@@ -436,7 +455,10 @@ def headline(summaries: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         f"after the drain was issued, {total(ours, 'cpu_seconds_killed'):.1f} CPU-seconds of "
         f"work killed, {total(ours, 'tasks_failed'):.0f} tasks failed; "
         f"{total(ours, 'started_on_doomed_after_notice'):.0f} tasks started between the notice "
-        f"and the drain, in the responder's own latency of {latency[0]:.1f}-{latency[-1]:.1f} s. "
+        f"and the drain, in the responder's own latency of {latency[0]:.1f}-{latency[-1]:.1f} s, "
+        f"and {total(ours, 'started_on_doomed_after_notice_finished'):.0f} of them finished "
+        f"there; the doomed node held no work from {idle[0]:.1f}-{idle[-1]:.1f} s before the "
+        "termination. "
         f"**Ray alone**, over its {len(alone)} runs: "
         f"{total(alone, 'started_on_doomed_after_notice'):.0f} tasks started on the doomed node "
         f"after the notice, {total(alone, 'cpu_seconds_killed'):.1f} CPU-seconds killed, "
@@ -581,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.replot:
         data = saved("work_saved")
+        data["summaries"] = {
+            variant: {mode: [summarize(r) for r in results] for mode, results in by_mode.items()}
+            for variant, by_mode in data["runs"].items()
+        }
     else:
         info = machine()
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
