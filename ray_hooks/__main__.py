@@ -43,7 +43,7 @@ EXIT_OK = 0
 EXIT_INVALID_REQUEST = 2
 EXIT_CLUSTER_UNREACHABLE = 3
 MAX_REQUEST_CHARS = 1_000_000
-#: Added to the process's niceness once its drains are issued.
+#: Added to the process's niceness once its drains and capacity requests are out.
 ANALYSIS_NICENESS = 10
 
 
@@ -141,15 +141,15 @@ def _respond(request: RespondRequest, address_flag: str | None, text: str) -> Js
         connect(address),
         _STARTED,
         replacements=replacements,
-        after_drains=_yield_the_cpu,
+        before_analysis=_yield_the_cpu,
     )
     return fit_response(response.to_json())
 
 
 def _yield_the_cpu() -> None:
-    """Once the drains are out, the rest (capacity, analysis) runs at a lower CPU priority:
-    on the head node it must not slow the GCS, nor another command still on its way to its
-    own drains (a burst of warnings runs one per cluster and batch at once)."""
+    """Once the drains and capacity requests are out, the analysis runs at a lower CPU
+    priority: on the head node it must not slow the GCS, nor another command still on its
+    way to its own drains (a burst of warnings runs one per cluster and batch at once)."""
     try:
         os.nice(ANALYSIS_NICENESS)
     except OSError as exc:

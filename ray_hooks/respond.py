@@ -65,20 +65,20 @@ def respond(
     started: float,
     analysis: ImpactAnalysis = node_impacts,
     replacements: Sequence[ReplacementOptions | None] | None = None,
-    after_drains: Callable[[], None] | None = None,
+    before_analysis: Callable[[], None] | None = None,
 ) -> RespondResponse:
     """Handle every notice of the request; `started` is the time.perf_counter() of the start.
 
     `replacements`: each notice's replacement options, same order (None: no notice has any).
-    `after_drains`: called once every drain is issued, before the rest.
+    `before_analysis`: called once the drains and capacity requests are out.
     """
     nodes = _nodes(gcs)
     drained: dict[str, datetime | None] = {}
     handled = [_handle(notice, nodes, gcs, request, drained) for notice in request.notices]
     drain_s = time.perf_counter() - started
-    if after_drains is not None:
-        after_drains()
     capacity = _replace(gcs, handled, replacements)
+    if before_analysis is not None:
+        before_analysis()
     impacts, unknown = _analyse(address, gcs, handled, analysis)
     results = tuple(_result(item, impacts, unknown) for item in handled)
     response = RespondResponse(

@@ -98,6 +98,21 @@ def test_every_drain_is_issued_before_any_impact_is_analysed() -> None:
     assert 0 <= document["timings"]["drain_s"] <= document["timings"]["total_s"]
 
 
+def test_the_command_lowers_its_priority_only_once_its_drains_are_out() -> None:
+    gcs = FakeGcs()
+
+    respond(
+        parse_request_of(notice(X86), notice(ARM)),
+        "10.0.1.10:6379",
+        gcs,
+        time.perf_counter(),
+        FakeAnalysis(gcs),
+        before_analysis=lambda: gcs.events.append(("lower priority", None)),
+    )
+
+    assert [kind for kind, _ in gcs.events] == ["drain", "drain", "lower priority", "analyse"]
+
+
 @pytest.mark.parametrize("action", ["drain", "analyse"])
 def test_head_node_is_never_drained_nor_analysed(action: str) -> None:
     gcs = FakeGcs()
