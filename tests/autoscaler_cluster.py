@@ -53,7 +53,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import EVENTS, spot_responder
+from tests.support import load_event, spot_responder
 
 # The fake provider's fixed id for the head node (and the base of every worker id).
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
@@ -451,7 +451,7 @@ def replay_warning(
     set so that EC2 terminates the instance at `termination` (wall clock). The head's
     cluster config is the cluster's own (`~/ray_bootstrap_config.yaml` on a real head).
     Returns the replay's JSON for the notice."""
-    event = json.loads((EVENTS / "spot-interruption-terminate.json").read_text())
+    event = load_event("spot-interruption-terminate.json")
     sent = datetime.fromtimestamp(termination - SPOT_NOTICE_WINDOW_S, tz=UTC)
     event["id"] = event_id
     event["time"] = sent.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -45,7 +45,9 @@ from tests.benchmarks.report import (
     machine,
     machine_line,
     publish,
+    pyplot,
     quiet_stdio,
+    replot_option,
     saved,
     table,
 )
@@ -614,10 +616,7 @@ def render(data: dict[str, Any]) -> str:
 def plot(data: dict[str, Any], path: Path) -> None:
     """Per run: each cluster's head-node commands over time (one bar per batch), when each
     existing worker was warned and when its GCS first said it was draining."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = data["runs"]
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 2.4 * len(runs) + 1), sharex=True)
@@ -626,19 +625,18 @@ def plot(data: dict[str, Any], path: Path) -> None:
         result, summary = run_["result"], run_["summary"]
         t0 = datetime.fromisoformat(result["burst_start"]).timestamp()
         clusters = sorted({c for d in result["deliveries"] for c in d["commands"]})
+        for d in result["deliveries"]:
+            for name, start, end in d["command_times"]:
+                y = clusters.index(name) + 0.25 * (d["batch"] - 2)
+                ax.plot(
+                    [start - t0, end - t0],
+                    [y, y],
+                    color=colors[(d["batch"] - 1) % 3],
+                    linewidth=5,
+                    solid_capstyle="butt",
+                    label=f"batch {d['batch']} command" if name == clusters[0] else None,
+                )
         for row, cluster in enumerate(clusters):
-            for d in result["deliveries"]:
-                for name, start, end in d["command_times"]:
-                    if name == cluster:
-                        y = row + 0.25 * (d["batch"] - 2)
-                        ax.plot(
-                            [start - t0, end - t0],
-                            [y, y],
-                            color=colors[(d["batch"] - 1) % 3],
-                            linewidth=5,
-                            solid_capstyle="butt",
-                            label=f"batch {d['batch']} command" if row == 0 else None,
-                        )
             workers = [i for i, c in result["cluster_of"].items() if c == cluster]
             ax.scatter(
                 [result["warned_at_s"][i] for i in workers],
@@ -709,9 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         default="/dev/shm" if Path("/dev/shm").is_dir() else None,
         help="where the SQLite ledger lives (default /dev/shm when there is one)",
     )
-    parser.add_argument(
-        "--replot", action="store_true", help="redraw the table and PNG from load.json"
-    )
+    replot_option(parser, "load")
     args = parser.parse_args(argv)
 
     if args.replot:

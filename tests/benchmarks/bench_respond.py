@@ -43,7 +43,7 @@ from spot_responder.cli.embedded import (
     EmbeddedNode,
     EmbeddedRayCluster,
 )
-from tests.benchmarks.report import machine, machine_line, publish, saved
+from tests.benchmarks.report import machine, machine_line, publish, pyplot, replot_option, saved
 
 SIZES = (1, 100, 2_000)
 ANALYSE_RUNS = 3
@@ -76,9 +76,7 @@ class Busy:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--replot", action="store_true", help="redraw the table and PNG from respond.json"
-    )
+    replot_option(parser, "respond")
     args = parser.parse_args(argv)
     report = saved("respond") if args.replot else _run()
     publish("respond", report, _markdown(report), plot)
@@ -247,10 +245,7 @@ def _markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Per size: process spawn → drain issued, then → analysis done, then → exit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = report["runs"]
     labels = [f"{row['tasks']:,} running task{'' if row['tasks'] == 1 else 's'}" for row in rows]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,9 @@ from tests.benchmarks.report import (
     median,
     p90,
     publish,
+    pyplot,
     quiet_stdio,
+    replot_option,
     saved,
     table,
 )
@@ -204,15 +207,13 @@ def replay_timings(clusters: int, work_dir: Path) -> list[dict[str, Any]]:
     from process start to the drain issued and to exit (one warning per spot worker, a
     fresh cluster for each pair)."""
     from spot_responder.cli.embedded import SPOT_WORKERS, EmbeddedRayCluster
-    from tests.support import load_event, spot_responder
+    from tests.support import spot_responder
 
     runs = []
     for c in range(clusters):
         with EmbeddedRayCluster() as cluster:
             for worker in SPOT_WORKERS:
-                event = load_event("spot-interruption-terminate.json")
-                event["id"] = f"bench-replay-{c}-{worker.instance_id}"
-                event["detail"]["instance-id"] = worker.instance_id
+                event = _warning(worker.instance_id, f"bench-replay-{c}-{worker.instance_id}")
                 path = work_dir / f"warning-{c}-{worker.instance_id}.json"
                 path.write_text(json.dumps(event))
                 spawned_at = time.time()
@@ -245,34 +246,27 @@ def replay_timings(clusters: int, work_dir: Path) -> list[dict[str, Any]]:
 
 
 def cold_start_imports(runs: int, work_dir: Path) -> dict[str, Any] | None:
-    """The handler's imports in fresh processes, from a package laid out as functions/Makefile
-    builds it (python3.12, this machine's wheels instead of arm64 ones), with Lambda's
-    environment and `-B` (Lambda's disk is read-only: nothing compiled is kept). First as
-    the package comes from pip (no bytecode), then with the bytecode the build adds."""
+    """The handler's imports in fresh processes, from the package functions/Makefile builds
+    (python3.12; this machine's wheels instead of arm64 ones), with Lambda's environment and
+    `-B` (Lambda's disk is read-only: nothing compiled is kept). First as built, with its
+    bytecode; then with the bytecode removed, as `sam build` made the package before."""
     python = _python312()
     if python is None:
         return None
     package = work_dir / "package"
     subprocess.run(
         [
-            *(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
-            *("--no-compile", "--target", str(package)),
-            *("-r", str(ROOT / "functions" / "requirements.txt")),
+            *("make", "--silent", "-C", str(ROOT / "functions"), "build-ResponderFunction"),
+            f"ARTIFACTS_DIR={package}",
+            f"LAMBDA_PYTHON={python}",
+            f"LAMBDA_PLATFORM=manylinux2014_{platform.machine()}",
         ],
         check=True,
     )
-    shutil.copytree(
-        ROOT / "functions" / "spot_responder",
-        package / "spot_responder",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    without = _import_times(python, package, runs)
-    subprocess.run(
-        [python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", str(package)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
     with_bytecode = _import_times(python, package, runs)
+    for cache in list(package.rglob("__pycache__")):
+        shutil.rmtree(cache)
+    without = _import_times(python, package, runs)
     version = subprocess.run(
         [python, "--version"], capture_output=True, text=True, check=True
     ).stdout.split()[-1]
@@ -468,10 +462,7 @@ def render(data: dict[str, Any]) -> str:
 def plot(data: dict[str, Any], path: Path) -> None:
     """Left: the handler's cost per batch size. Right: each fresh process, spawn → drain
     issued → done, for `ray_hooks respond` alone and for a whole `spot-responder replay`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8), width_ratios=(1, 1.4))
     for ledger, color in (("SQLite file", "tab:orange"), ("SQLite in memory", "tab:blue")):
@@ -526,9 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replay-clusters", type=int, default=3, help="clusters for the replay timings (3)"
     )
-    parser.add_argument(
-        "--replot", action="store_true", help="redraw the table and PNG from speed.json"
-    )
+    replot_option(parser, "speed")
     args = parser.parse_args(argv)
     data = saved("speed") if args.replot else _run(args)
     publish("speed", data, render(data), plot)

@@ -50,7 +50,15 @@ from tests.autoscaler_cluster import (
     fake_autoscaling_cluster,
     replay_warning,
 )
-from tests.benchmarks.report import machine, machine_line, publish, saved, table
+from tests.benchmarks.report import (
+    machine,
+    machine_line,
+    publish,
+    pyplot,
+    replot_option,
+    saved,
+    table,
+)
 
 DOOMED_INSTANCE = "i-0a1b2c3d4e5f60001"
 DOOMED_TYPE = "x86_spot_worker"
@@ -525,10 +533,7 @@ def _running(changes: list[tuple[float, int]], until: float) -> tuple[list[float
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(MODES), 1, figsize=(11, 7), sharex=True, sharey=True)
     for ax, mode in zip(axes, MODES, strict=True):
@@ -593,9 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=4, help="task durations (4)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the four runs (3)")
-    parser.add_argument(
-        "--replot", action="store_true", help="redraw the table and PNG from work_saved.json"
-    )
+    replot_option(parser, "work_saved")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -603,10 +606,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.replot:
         data = saved("work_saved")
-        data["summaries"] = {
-            variant: {mode: [summarize(r) for r in results] for mode, results in by_mode.items()}
-            for variant, by_mode in data["runs"].items()
-        }
     else:
         info = machine()
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -632,14 +631,13 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed,
                 "repeats": args.repeats,
             },
-            "summaries": {
-                variant: {
-                    mode: [summarize(r) for r in results] for mode, results in by_mode.items()
-                }
-                for variant, by_mode in runs.items()
-            },
             "runs": runs,
         }
+    # Derived from the raw runs every time, so that a replot shows what the code computes now.
+    data["summaries"] = {
+        variant: {mode: [summarize(r) for r in results] for mode, results in by_mode.items()}
+        for variant, by_mode in data["runs"].items()
+    }
     print()
     publish("work_saved", data, render(data), plot)
     return 0

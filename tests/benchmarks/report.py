@@ -7,6 +7,7 @@ people's Ray clusters may share this machine) and the date.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -95,6 +96,22 @@ def p90(values: Sequence[float]) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def replot_option(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "--replot", action="store_true", help=f"redraw the table and PNG from {name}.json"
+    )
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot, drawing to files only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def saved(name: str) -> dict[str, Any]:

@@ -49,11 +49,8 @@ class LocalClusterChannel:
         """End a listing started but never taken."""
         started, self._describing = self._describing, None
         if started is not None:
-            started.kill()
-            started.wait()
-            for pipe in (started.stdin, started.stdout, started.stderr):
-                if pipe is not None:
-                    pipe.close()
+            with started:  # on leaving: its pipes closed, the process waited for
+                started.kill()
 
     def describe(self) -> dict[str, Any]:
         started, self._describing = self._describing, None

@@ -37,9 +37,9 @@ def run(args: argparse.Namespace, channel: LocalClusterChannel | None = None) ->
     with _cluster(args.ray_address, quiet=args.json) as address:
         started = time.monotonic()
         try:
-            if channel is None or channel.ray_address != address:
-                channel = LocalClusterChannel(address)
-            report = replay(batch, channel, args.ledger, settings, args)
+            report = replay(
+                batch, channel or LocalClusterChannel(address), args.ledger, settings, args
+            )
         except LedgerUnavailable as exc:
             print(f"spot-responder: {exc}", file=sys.stderr)
             return 2
