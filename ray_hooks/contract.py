@@ -31,7 +31,16 @@ KINDS = frozenset(
 )
 ACTIONS = frozenset({"drain", "analyse"})
 OUTCOMES = frozenset(
-    {"drained", "already-draining", "analysed", "node-not-found", "head-node", "drain-rejected"}
+    {
+        "drained",
+        "already-draining",
+        "analysed",
+        "node-not-found",
+        "head-node",
+        "drain-rejected",
+        "drain-unconfirmed",
+        "drain-failed",
+    }
 )
 
 _INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8}([0-9a-f]{9})?$")

@@ -1,22 +1,41 @@
-"""Draining one Ray node through the GCS, reason PREEMPTION, with the notice's deadline.
+"""Draining Ray nodes through the GCS, reason PREEMPTION, so that Ray books their death right.
 
 A drained node takes no new work; what runs there finishes if it can; once idle the raylet
 exits and Ray records the node DEAD "Terminated due to preemption: <message>". Ray never
-kills the node at the deadline: the deadline only tells Ray (and Ray Train) when the
-machine goes away, and Ray counts a death as preemption only after it.
+kills the node at the deadline: the deadline tells Ray (and Ray Train) when the machine goes.
+
+Ray's accounting is what the rules below protect. The GCS records a death as
+AUTOSCALER_DRAIN_PREEMPTED - free task retries, uncounted actor restarts - only when the node
+was draining with reason PREEMPTION, with a deadline other than 0, and that deadline had
+passed when the node died (`GcsNodeManager::InferDeathInfo`); otherwise it is an
+UNEXPECTED_TERMINATION and every retry is charged. A second PREEMPTION drain of a draining
+node replaces the first, deadline included (measured on Ray 2.60: a later deadline
+overwrites an earlier one). Hence:
+
+- the deadline given to Ray is never 0: a notice without a termination time drains with
+  "now", so that any death from then on counts as a preemption;
+- a node already draining is drained again when the notice's deadline is earlier than the
+  one Ray holds, or Ray holds none (0); never with a later one, which would undo the earlier;
+- a deadline already past is given as it is (the GCS accepts it): a late notice still drains;
+- the GCS answers "accepted" even for an unknown or dead node id, so every drain is read
+  back (`confirm`): the node must be draining with the deadline given, or have left already
+  as a preempted node (an idle node exits at once); otherwise `drain-unconfirmed`.
+
+The drains of one request are sent side by side (`drain_all`); a slow or failing RPC for
+one node is that notice's own `drain-failed`, never the others'.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from ray_hooks.cluster import ClusterUnreachable
 from ray_hooks.contract import format_timestamp
-from ray_hooks.nodes import DRAINING, RayNode
+from ray_hooks.nodes import DRAINING, PREEMPTED_DEATH, RayNode, list_nodes
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +43,19 @@ DRAINED = "drained"
 ALREADY_DRAINING = "already-draining"
 HEAD_NODE = "head-node"
 DRAIN_REJECTED = "drain-rejected"
+DRAIN_UNCONFIRMED = "drain-unconfirmed"
+DRAIN_FAILED = "drain-failed"
 
 HEAD_NODE_MESSAGE = "refused: this is the head node; it is never drained"
 _RPC_TIMEOUT_S = 10.0
+#: Drains in flight at once for one request (each is one GCS -> raylet round trip).
+MAX_PARALLEL_DRAINS = 16
+
+Clock = Callable[[], datetime]
 
 
 class NodeDrainer(Protocol):
-    """The part of Ray's GcsClient that drains nodes."""
+    """The part of Ray's GcsClient that drains nodes and lists the draining ones."""
 
     def drain_node(
         self,
@@ -41,6 +66,10 @@ class NodeDrainer(Protocol):
         timeout: float | None = None,
     ) -> tuple[bool, str]: ...
 
+    def get_draining_nodes(self, timeout: float | None = None) -> Mapping[str, int]: ...
+
+    def get_all_node_info(self, timeout: float | None = None) -> Mapping[Any, Any]: ...
+
 
 @dataclass(frozen=True)
 class Drain:
@@ -48,66 +77,163 @@ class Drain:
 
     outcome: str
     message: str
-    #: The deadline Ray was given (or already had, for a node already draining).
+    #: The deadline Ray holds after this (given now, or held already and kept).
     deadline: datetime | None = None
     #: When the GCS accepted the drain; None when no drain was issued.
     issued_at: datetime | None = None
 
 
-def effective_deadline(requested: datetime | None, now: datetime) -> datetime | None:
-    """The deadline to give Ray: the requested one, or now when it has already passed."""
-    if requested is None:
-        return None
-    return max(requested, now)
+@dataclass(frozen=True)
+class DrainOrder:
+    """One node to drain: the earliest deadline any notice of the request gave it."""
+
+    node: RayNode
+    deadline: datetime | None
+    reason_message: str
 
 
-def drain_node(
-    gcs: NodeDrainer,
-    node: RayNode,
-    deadline: datetime | None,
-    reason_message: str,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> Drain:
-    """Drain `node` unless it is the head or already draining; never drain twice."""
+def plan(node: RayNode, requested: datetime | None, now: datetime) -> Drain | datetime:
+    """The deadline to give Ray for `node`, or the Drain that says why none is sent."""
     if node.is_head:
-        log.error("REFUSED to drain node %s: it is the Ray head node", node.node_id)
         return Drain(HEAD_NODE, HEAD_NODE_MESSAGE)
-    if node.state == DRAINING:
-        return Drain(ALREADY_DRAINING, _already_draining(node), deadline=node.drain_deadline)
+    wanted = now if requested is None else requested
+    held = node.drain_deadline if node.state == DRAINING else None
+    if held is not None and held <= wanted:
+        return Drain(ALREADY_DRAINING, _keeps(held), held)
+    return wanted
+
+
+def drain_all(
+    gcs: NodeDrainer, orders: Sequence[DrainOrder], clock: Clock = lambda: datetime.now(UTC)
+) -> dict[str, Drain]:
+    """Drain every node of `orders` side by side, then read the drains back; by node id."""
+    if not orders:
+        return {}
     now = clock()
-    given = effective_deadline(deadline, now)
-    accepted, rejection = _issue(gcs, node.node_id, reason_message, given)
+    planned = {order.node.node_id: plan(order.node, order.deadline, now) for order in orders}
+    to_send = [order for order in orders if isinstance(planned[order.node.node_id], datetime)]
+    drains: dict[str, Drain] = {
+        node_id: outcome for node_id, outcome in planned.items() if isinstance(outcome, Drain)
+    }
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(MAX_PARALLEL_DRAINS, len(to_send))), thread_name_prefix="drain"
+    ) as pool:
+        sent = {
+            order.node.node_id: pool.submit(
+                _send, gcs, order, _as_datetime(planned[order.node.node_id]), clock
+            )
+            for order in to_send
+        }
+        drains.update({node_id: future.result() for node_id, future in sent.items()})
+    issued = [node_id for node_id in sent if drains[node_id].outcome == DRAINED]
+    if issued:
+        drains.update(confirm(gcs, {node_id: drains[node_id] for node_id in issued}))
+    return drains
+
+
+def _as_datetime(value: Drain | datetime) -> datetime:
+    assert isinstance(value, datetime)
+    return value
+
+
+def _send(gcs: NodeDrainer, order: DrainOrder, deadline: datetime, clock: Clock) -> Drain:
+    node = order.node
+    try:
+        accepted, rejection = _issue(gcs, node.node_id, order.reason_message, deadline)
+    except Exception as exc:  # ray.exceptions.RpcError, timeouts: this node's failure only
+        log.warning("drain of node %s failed: %s", node.node_id, exc)
+        return Drain(DRAIN_FAILED, " ".join(f"drain RPC failed: {exc}".split())[:300])
     if not accepted:
         log.warning("GCS rejected the drain of node %s: %s", node.node_id, rejection)
         return Drain(DRAIN_REJECTED, f"drain rejected by GCS: {rejection or 'no reason given'}")
-    log.info("drain of node %s accepted (deadline %s)", node.node_id, given)
-    message = "drain accepted by GCS (reason PREEMPTION)"
-    if deadline is not None and given != deadline:
-        message += f"; the deadline {format_timestamp(deadline)} had passed, so Ray was given now"
-    return Drain(DRAINED, message, deadline=given, issued_at=clock())
+    log.info("drain of node %s accepted (deadline %s)", node.node_id, deadline)
+    return Drain(DRAINED, _accepted(node, order.deadline, deadline, clock()), deadline, clock())
+
+
+def confirm(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:
+    """Each accepted drain as Ray now holds it: draining with a deadline no later than the one
+    given, or already gone as a preempted node; anything else is `drain-unconfirmed`."""
+    try:
+        draining = dict(gcs.get_draining_nodes(timeout=_RPC_TIMEOUT_S))
+        gone = {
+            node.node_id: node
+            for node in list_nodes(gcs, draining=draining)
+            if not node.is_alive and node.node_id in drains
+        }
+    except Exception as exc:  # the drains were accepted; say they could not be read back
+        return {
+            node_id: replace(drain, outcome=DRAIN_UNCONFIRMED, message=_unread(drain, exc))
+            for node_id, drain in drains.items()
+        }
+    return {
+        node_id: _confirmed(drain, draining.get(node_id), gone.get(node_id))
+        for node_id, drain in drains.items()
+    }
+
+
+def _confirmed(drain: Drain, held_ms: int | None, gone: RayNode | None) -> Drain:
+    given_ms = _ms(drain.deadline)
+    if held_ms is not None and held_ms != 0 and held_ms <= given_ms:
+        return drain
+    if gone is not None and gone.death_reason == PREEMPTED_DEATH:
+        return replace(drain, message=f"{drain.message}; the node was idle and has left already")
+    if held_ms is None:
+        why = "the node is not draining" if gone is None else f"the node died: {gone.death_message}"
+    else:
+        held = "no deadline" if held_ms == 0 else f"deadline {format_timestamp(_at(held_ms))}"
+        why = f"Ray holds {held}"
+    return replace(drain, outcome=DRAIN_UNCONFIRMED, message=f"GCS accepted the drain, but {why}")
 
 
 def _issue(
-    gcs: NodeDrainer, node_id: str, reason_message: str, deadline: datetime | None
+    gcs: NodeDrainer, node_id: str, reason_message: str, deadline: datetime
 ) -> tuple[bool, str]:
     from ray.core.generated import autoscaler_pb2
 
     reasons = autoscaler_pb2.DrainNodeReason  # type: ignore[attr-defined]  # generated, no stub
     reason = int(reasons.Value("DRAIN_NODE_REASON_PREEMPTION"))
-    deadline_ms = 0 if deadline is None else int(deadline.timestamp() * 1000)
-    try:
-        accepted, rejection = gcs.drain_node(
-            node_id, reason, reason_message, deadline_ms, timeout=_RPC_TIMEOUT_S
-        )
-    except Exception as exc:  # ray.exceptions.RpcError and friends
-        raise ClusterUnreachable(f"drain of node {node_id} failed: {exc}") from exc
+    accepted, rejection = gcs.drain_node(
+        node_id, reason, reason_message, _ms(deadline), timeout=_RPC_TIMEOUT_S
+    )
     return bool(accepted), str(rejection)
 
 
-def _already_draining(node: RayNode) -> str:
-    if node.drain_deadline is None:
-        return "node is already draining; not drained again"
+def _accepted(node: RayNode, requested: datetime | None, given: datetime, now: datetime) -> str:
+    message = "drain accepted by GCS (reason PREEMPTION)"
+    if node.state == DRAINING:
+        held = "none" if node.drain_deadline is None else format_timestamp(node.drain_deadline)
+        message = (
+            f"drained again: deadline moved earlier to {format_timestamp(given)} (Ray held {held})"
+        )
+    if requested is None:
+        message += "; no termination time known, so the deadline is now"
+    elif given < now:
+        message += f"; late notice: the deadline {format_timestamp(given)} has passed"
+    return message
+
+
+def _keeps(held: datetime) -> str:
     return (
-        "node is already draining (deadline "
-        f"{format_timestamp(node.drain_deadline)}); not drained again"
+        f"node is already draining with an earlier or equal deadline "
+        f"({format_timestamp(held)}); Ray keeps it"
     )
+
+
+def _unread(drain: Drain, exc: Exception) -> str:
+    return " ".join(f"{drain.message}; but it could not be read back: {exc}".split())[:300]
+
+
+def _ms(moment: datetime | None) -> int:
+    return 0 if moment is None else int(moment.timestamp() * 1000)
+
+
+def _at(deadline_ms: int) -> datetime:
+    return datetime.fromtimestamp(deadline_ms / 1000, tz=UTC)
+
+
+def earliest(deadlines: Iterable[datetime | None]) -> datetime | None:
+    """The earliest of several notices' deadlines for one node; None (now) beats any time."""
+    known = list(deadlines)
+    if not known or any(deadline is None for deadline in known):
+        return None
+    return min(d for d in known if d is not None)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from ray_hooks.capacity import (
@@ -32,9 +31,19 @@ from ray_hooks.contract import (
     RespondResponse,
     Timings,
 )
-from ray_hooks.drain import ALREADY_DRAINING, DRAIN_REJECTED, DRAINED, Drain, drain_node
+from ray_hooks.drain import (
+    ALREADY_DRAINING,
+    DRAIN_FAILED,
+    DRAIN_REJECTED,
+    DRAIN_UNCONFIRMED,
+    DRAINED,
+    Drain,
+    DrainOrder,
+    drain_all,
+    earliest,
+)
 from ray_hooks.impact import node_impacts
-from ray_hooks.nodes import DRAINING, RayNode, find_node, list_nodes
+from ray_hooks.nodes import NodeMatch, RayNode, find_node, list_nodes
 from ray_hooks.replacement import ReplacementOptions
 
 log = logging.getLogger(__name__)
@@ -42,7 +51,9 @@ log = logging.getLogger(__name__)
 ANALYSED = "analysed"
 NODE_NOT_FOUND = "node-not-found"
 #: Outcomes after which the node is still there to be analysed.
-_ANALYSED_AFTER = frozenset({DRAINED, ALREADY_DRAINING, ANALYSED, DRAIN_REJECTED})
+_ANALYSED_AFTER = frozenset(
+    {DRAINED, ALREADY_DRAINING, ANALYSED, DRAIN_REJECTED, DRAIN_UNCONFIRMED, DRAIN_FAILED}
+)
 
 ImpactAnalysis = Callable[[str, Any, set[str]], dict[str, tuple[JobImpact, ...]]]
 
@@ -73,8 +84,7 @@ def respond(
     `before_analysis`: called once the drains and capacity requests are out.
     """
     nodes = _nodes(gcs)
-    drained: dict[str, datetime | None] = {}
-    handled = [_handle(notice, nodes, gcs, request, drained) for notice in request.notices]
+    handled = _drain(gcs, request, nodes)
     drain_s = time.perf_counter() - started
     capacity = _replace(gcs, handled, replacements)
     if before_analysis is not None:
@@ -100,25 +110,41 @@ def _nodes(gcs: Any) -> tuple[RayNode, ...]:
         raise ClusterUnreachable(f"cannot list the Ray nodes: {exc}") from exc
 
 
-def _handle(
-    notice: Notice,
-    nodes: tuple[RayNode, ...],
-    gcs: Any,
-    request: RespondRequest,
-    drained: dict[str, datetime | None],
-) -> _Handled:
-    match = find_node(nodes, notice.instance_id, notice.private_ip)
+def _drain(gcs: Any, request: RespondRequest, nodes: tuple[RayNode, ...]) -> list[_Handled]:
+    """Find each notice's node, then drain every node once, side by side, with the earliest
+    deadline its notices gave (several notices for one node in one request drain it once)."""
+    matches = [
+        (notice, find_node(nodes, notice.instance_id, notice.private_ip))
+        for notice in request.notices
+    ]
+    asking: dict[str, list[Notice]] = {}
+    found: dict[str, RayNode] = {}
+    for notice, match in matches:
+        if match.node is not None and (notice.action == "drain" or match.node.is_head):
+            asking.setdefault(match.node.node_id, []).append(notice)
+            found[match.node.node_id] = match.node
+    drains = drain_all(
+        gcs,
+        [
+            DrainOrder(
+                node=found[node_id],
+                deadline=earliest(notice.drain_deadline for notice in notices),
+                reason_message=_reason(request, notices[0]),
+            )
+            for node_id, notices in asking.items()
+        ],
+    )
+    return [_handled(notice, match, drains) for notice, match in matches]
+
+
+def _handled(notice: Notice, match: NodeMatch, drains: dict[str, Drain]) -> _Handled:
     node = match.node
     if node is None:
         return _Handled(notice, None, NODE_NOT_FOUND, match.explanation)
     how = f"; {match.explanation}" if match.found_by == "ip" else ""
-    if notice.action != "drain" and not node.is_head:
+    drain = drains.get(node.node_id)
+    if drain is None:
         return _Handled(notice, node, ANALYSED, f"analysed only, not drained{how}")
-    if node.node_id in drained:  # the same node twice in one request
-        node = replace(node, state=DRAINING, drain_deadline=drained[node.node_id])
-    drain = drain_node(gcs, node, notice.drain_deadline, _reason(request, notice))
-    if drain.outcome == DRAINED:
-        drained[node.node_id] = drain.deadline
     return _Handled(notice, node, drain.outcome, drain.message + how, drain)
 
 

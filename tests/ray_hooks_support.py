@@ -66,8 +66,10 @@ def notice(
     private_ip: str | None = None,
     deadline: datetime | None = None,
     kind: str = "spot-interruption",
+    no_deadline: bool = False,
 ) -> dict[str, Any]:
-    """One request notice, with a deadline 100 s from now unless told otherwise."""
+    """One request notice, with a deadline 100 s from now unless told otherwise (whole
+    seconds; `no_deadline`: none at all, as for a rebalance recommendation)."""
     deadline = deadline or datetime.now(UTC) + timedelta(seconds=100)
     return {
         "notice_id": f"{instance_id}#{kind}",
@@ -75,7 +77,7 @@ def notice(
         "private_ip": private_ip,
         "kind": kind,
         "action": action,
-        "drain_deadline": deadline.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "drain_deadline": None if no_deadline else deadline.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
