@@ -24,7 +24,8 @@ MAX_LISTED_ITEMS = 20
 MAX_REASONS = 10
 WILL_RECOVER = "will-recover"
 AT_RISK = "at-risk"
-VERDICTS = frozenset({WILL_RECOVER, AT_RISK})
+LOST = "lost"
+VERDICTS = frozenset({WILL_RECOVER, AT_RISK, LOST})
 
 KINDS = frozenset(
     {"spot-interruption", "rebalance-recommendation", "state-change", "scheduled-change"}
@@ -239,6 +240,10 @@ class ActorSummary:
     detached: bool
     #: Restarts Ray gave it because its node was preempted (they do not count).
     num_restarts_due_to_preemption: int = 0
+    #: Its owner (the process that created it) lives on the interrupted node.
+    owner_here: bool = False
+    #: The Ray library that replaces it by itself ("Ray Serve", ...), or "".
+    library: str = ""
 
     @property
     def will_restart(self) -> bool:
@@ -255,6 +260,8 @@ class ActorSummary:
             "num_restarts_due_to_preemption": self.num_restarts_due_to_preemption,
             "detached": self.detached,
             "will_restart": self.will_restart,
+            "owner_here": self.owner_here,
+            "library": self.library or None,
         }
 
 

@@ -23,8 +23,9 @@ import importlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ray_hooks.contract import MAX_LISTED_ITEMS, ActorSummary, JobImpact, TaskSummary
@@ -33,6 +34,8 @@ from ray_hooks.verdict import (
     ACTOR_CALL,
     ACTOR_CREATION,
     TASK,
+    JobOnNode,
+    PlacementGroupOnNode,
     StoredObject,
     judge,
     objects_summary,
@@ -45,6 +48,10 @@ log = logging.getLogger(__name__)
 TASK_QUERY_LIMIT = 10_000
 QUERY_TIMEOUT_S = 5
 
+#: Actors that their Ray library replaces by itself when their node goes (class names).
+SERVE_REPLICA_PREFIX = "ServeReplica:"
+SELF_HEALING_CLASSES = {"RayTrainWorker": "Ray Train", "_MapWorker": "Ray Data"}
+
 _TASK_KINDS = {"ACTOR_TASK": ACTOR_CALL, "ACTOR_CREATION_TASK": ACTOR_CREATION}
 
 Item = TypeVar("Item")
@@ -56,30 +63,40 @@ class ImpactUnavailable(RuntimeError):
 
 
 def node_impacts(
-    address: str, gcs: Any, node_ids: Collection[str]
+    address: str, gcs: Any, node_ids: Mapping[str, bool]
 ) -> dict[str, tuple[JobImpact, ...]]:
-    """For each node: one JobImpact per Ray job with work on it, jobs in id order."""
+    """For each node (id -> whether it dies as a preempted node): one JobImpact per Ray job
+    that the node's death touches, jobs in id order."""
     if not node_ids:
         return {}
     raylets = alive_raylets(gcs)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="impact") as pool:
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="impact") as pool:
         tasks_query = pool.submit(running_tasks, address, node_ids)
         objects_query = pool.submit(objects_on_nodes, raylets, node_ids)
-        actors = alive_actors(gcs, node_ids)
+        groups_query = pool.submit(placement_groups_on_nodes, address, node_ids)
+        actors, owned = alive_actors(gcs, node_ids)
+        drivers = drivers_on_nodes(gcs, node_ids)
         tasks = tasks_query.result()
         try:
             objects, objects_unknown = objects_query.result(), ""
         except Exception as exc:  # ObjectsUnavailable, grpc errors: the rest still stands
             log.warning("objects on the node unknown: %s", exc)
             objects, objects_unknown = {}, " ".join(str(exc).split())[:200]
+        groups = groups_query.result()
     return {
         node_id: _per_job(
-            tasks.get(node_id, {}),
-            actors.get(node_id, {}),
-            objects.get(node_id, {}),
-            objects_unknown,
+            _NodeFindings(
+                tasks=tasks.get(node_id, {}),
+                actors=actors.get(node_id, {}),
+                owned_actors=owned.get(node_id, {}),
+                objects=objects.get(node_id, {}),
+                placement_groups=groups.get(node_id, {}),
+                drivers=drivers.get(node_id, set()),
+                objects_unknown=objects_unknown,
+            ),
+            preempted,
         )
-        for node_id in node_ids
+        for node_id, preempted in node_ids.items()
     }
 
 
@@ -116,20 +133,83 @@ def running_tasks(
     return found
 
 
-def alive_actors(gcs: Any, node_ids: Collection[str]) -> ByNodeAndJob[ActorSummary]:
-    """Actors ALIVE on the nodes, by class and name."""
+def alive_actors(
+    gcs: Any, node_ids: Collection[str]
+) -> tuple[ByNodeAndJob[ActorSummary], ByNodeAndJob[ActorSummary]]:
+    """Actors ALIVE on the nodes; and actors elsewhere whose owner lives on one of the nodes
+    (not detached: Ray destroys them with their owner)."""
     try:
         actors = asyncio.run(_alive_actor_table(gcs))
     except Exception as exc:  # ray.exceptions.RpcError, TimeoutError
         raise ImpactUnavailable(f"alive actors unknown: {exc}") from exc
-    found: ByNodeAndJob[ActorSummary] = defaultdict(lambda: defaultdict(list))
+    here: ByNodeAndJob[ActorSummary] = defaultdict(lambda: defaultdict(list))
+    owned: ByNodeAndJob[ActorSummary] = defaultdict(lambda: defaultdict(list))
     for actor in actors.values():
         node_id = bytes(actor.node_id).hex()
+        owner_node = bytes(actor.owner_address.node_id).hex()
+        job_id = bytes(actor.job_id).hex()
         if node_id in node_ids:
-            found[node_id][bytes(actor.job_id).hex()].append(_actor_summary(actor))
-    for jobs in found.values():
-        for summaries in jobs.values():
-            summaries.sort(key=lambda summary: (summary.class_name, summary.name, summary.actor_id))
+            here[node_id][job_id].append(_actor_summary(actor, owner_node == node_id))
+        elif owner_node in node_ids and not actor.is_detached:
+            owned[owner_node][job_id].append(_actor_summary(actor, True))
+    for found in (here, owned):
+        for jobs in found.values():
+            for summaries in jobs.values():
+                summaries.sort(key=lambda item: (item.class_name, item.name, item.actor_id))
+    return here, owned
+
+
+def drivers_on_nodes(gcs: Any, node_ids: Collection[str]) -> dict[str, set[str]]:
+    """The jobs (ids) whose driver runs on each node, from the GCS job table."""
+    try:
+        jobs = gcs.get_all_job_info(
+            skip_submission_job_info_field=True,
+            skip_is_running_tasks_field=True,
+            timeout=QUERY_TIMEOUT_S,
+        )
+    except Exception as exc:  # ray.exceptions.RpcError
+        raise ImpactUnavailable(f"jobs unknown: {exc}") from exc
+    found: dict[str, set[str]] = defaultdict(set)
+    for job in jobs.values():
+        node_id = bytes(job.driver_address.node_id).hex()
+        if not job.is_dead and node_id in node_ids:
+            found[node_id].add(bytes(job.job_id).hex())
+    return found
+
+
+def placement_groups_on_nodes(
+    address: str, node_ids: Collection[str]
+) -> ByNodeAndJob[PlacementGroupOnNode]:
+    """Placement groups with bundles on the nodes (Ray's state API); {} when Ray cannot say."""
+    from ray.util.state import list_placement_groups
+
+    try:
+        groups = list_placement_groups(
+            address=address,
+            limit=TASK_QUERY_LIMIT,
+            timeout=QUERY_TIMEOUT_S,
+            detail=True,
+            raise_on_missing_output=False,
+        )
+    except Exception as exc:  # a missing placement group is not worth the whole analysis
+        log.warning("placement groups unknown: %s", exc)
+        return {}
+    found: ByNodeAndJob[PlacementGroupOnNode] = defaultdict(lambda: defaultdict(list))
+    for group in groups:
+        if str(group.state) == "REMOVED":
+            continue
+        bundles = list(group.bundles or ())
+        placed = [str(bundle.get("node_id") or "") for bundle in bundles]
+        for node_id in set(placed) & set(node_ids):
+            found[node_id][str(group.creator_job_id)].append(
+                PlacementGroupOnNode(
+                    placement_group_id=str(group.placement_group_id),
+                    name=str(group.name or ""),
+                    strategy=str(getattr(group, "strategy", "") or ""),
+                    bundles_here=placed.count(node_id),
+                    bundles=len(bundles),
+                )
+            )
     return found
 
 
@@ -172,29 +252,70 @@ def _task_summary(task: Any, now_ms: float) -> TaskSummary:
     )
 
 
-def _actor_summary(actor: Any) -> ActorSummary:
+def _actor_summary(actor: Any, owner_here: bool) -> ActorSummary:
+    class_name = str(actor.class_name)
     return ActorSummary(
         actor_id=bytes(actor.actor_id).hex(),
-        class_name=str(actor.class_name),
+        class_name=class_name,
         name=str(actor.name),
         max_restarts=int(actor.max_restarts),
         num_restarts=int(actor.num_restarts),
         detached=bool(actor.is_detached),
         num_restarts_due_to_preemption=int(actor.num_restarts_due_to_node_preemption),
+        owner_here=owner_here,
+        library=library_of(class_name),
     )
 
 
-def _per_job(
-    tasks: dict[str, list[TaskSummary]],
-    actors: dict[str, list[ActorSummary]],
-    objects: dict[str, list[StoredObject]],
-    objects_unknown: str,
-) -> tuple[JobImpact, ...]:
+def library_of(class_name: str) -> str:
+    """The Ray library that replaces an actor of this class by itself, or ""."""
+    if class_name.startswith(SERVE_REPLICA_PREFIX):
+        return "Ray Serve"
+    return SELF_HEALING_CLASSES.get(class_name, "")
+
+
+@dataclass(frozen=True)
+class _NodeFindings:
+    """What the queries found for one node, per job id."""
+
+    tasks: dict[str, list[TaskSummary]]
+    actors: dict[str, list[ActorSummary]]
+    owned_actors: dict[str, list[ActorSummary]]
+    objects: dict[str, list[StoredObject]]
+    placement_groups: dict[str, list[PlacementGroupOnNode]]
+    drivers: set[str]
+    objects_unknown: str
+
+
+def _per_job(found: _NodeFindings, preempted: bool) -> tuple[JobImpact, ...]:
     impacts = []
-    for job_id in sorted(set(tasks) | set(actors) | set(objects)):
-        job_tasks, job_actors = tasks.get(job_id, []), actors.get(job_id, [])
-        job_objects = objects.get(job_id, [])
-        judgement = judge(job_tasks, job_actors, job_objects, objects_unknown)
+    job_ids = (
+        set(found.tasks)
+        | set(found.actors)
+        | set(found.owned_actors)
+        | set(found.objects)
+        | set(found.placement_groups)
+        | found.drivers
+    )
+    for job_id in sorted(job_ids):
+        job_tasks = [
+            replace(task, retries_left=retries_left(task.kind, task.attempt, preempted))
+            for task in found.tasks.get(job_id, [])
+        ]
+        job_actors = found.actors.get(job_id, [])
+        job_objects = found.objects.get(job_id, [])
+        judgement = judge(
+            JobOnNode(
+                tasks=job_tasks,
+                actors=job_actors,
+                objects=job_objects,
+                owned_actors=found.owned_actors.get(job_id, []),
+                placement_groups=found.placement_groups.get(job_id, []),
+                driver_here=job_id in found.drivers,
+                objects_unknown=found.objects_unknown,
+            ),
+            preempted,
+        )
         impacts.append(
             JobImpact(
                 job_id=job_id,

@@ -1,4 +1,4 @@
-"""Objects with a copy on a node, per job, and whether they go with the node.
+"""Objects with a copy on a node or owned by a process there, per job, and whether they go.
 
 Ray 2.60 keeps object locations with each object's owner (the process that created the
 reference), not in the GCS, and its state API (`list_objects`) says neither where an object
@@ -13,7 +13,8 @@ RPCs that the state API and `ray memory` use:
 
 An object is lost with the node when no copy survives elsewhere (no other node holds it and
 it was not spilled off the node) or when its owner lives on the node (the owner's death takes
-its objects along). Ray 2.60 says which nodes hold a copy, not which copy is the primary one.
+its objects along, wherever their copies are: holders elsewhere get OwnerDiedError).
+Ray 2.60 says which nodes hold a copy, not which copy is the primary one.
 
 What kind of object it is comes from its id (Ray's id layout): the creating task's id
 carries the job id in its last 4 bytes and the actor id in the 12 before (all `ff` for a
@@ -81,6 +82,8 @@ class _Reference:
     size: int = -1
     owner: _Holder | None = None
     holder: _Holder | None = None
+    #: The nodes whose workers hold a reference to it.
+    held_on: set[str] = field(default_factory=set)
 
 
 def objects_on_nodes(raylets: Collection[Raylet], node_ids: Collection[str]) -> ByNodeAndJob:
@@ -93,8 +96,9 @@ def objects_on_nodes(raylets: Collection[Raylet], node_ids: Collection[str]) -> 
     found: ByNodeAndJob = defaultdict(lambda: defaultdict(list))
     for object_id, (nodes, spilled_on) in located.items():
         reference = references[object_id]
+        owner_node = None if reference.owner is None else reference.owner.node_id
         for node_id in node_ids:
-            if node_id not in nodes and spilled_on != node_id:
+            if node_id not in nodes and spilled_on != node_id and owner_node != node_id:
                 continue
             stored = _stored(object_id, reference, node_id, nodes, spilled_on)
             found[node_id][stored.job_id].append(stored)
@@ -131,6 +135,7 @@ def _stored(
         kind=object_kind(object_id),
         only_copy_here=not survives_elsewhere,
         owner_here=owner is not None and owner.node_id == node_id,
+        held_elsewhere=bool(reference.held_on - {node_id}),
     )
 
 
@@ -146,7 +151,8 @@ def _holds_objects(raylet: Raylet) -> bool:
     except Exception as exc:  # grpc.RpcError
         raise ObjectsUnavailable(f"raylet of node {raylet.node_id[:8]}: {_rpc_error(exc)}") from exc
     stats = reply.store_stats
-    return bool(stats.num_local_objects or stats.num_object_store_primary_copies)
+    owns = any(worker.num_owned_objects for worker in reply.core_workers_stats)
+    return bool(stats.num_local_objects or stats.num_object_store_primary_copies or owns)
 
 
 # ---------------------------------------------------------------- 2. who holds what
@@ -184,6 +190,7 @@ def _add_worker(references: dict[str, _Reference], node_id: str, stats: Any) -> 
             continue
         reference = references.setdefault(object_id, _Reference())
         reference.size = max(reference.size, int(ref.object_size))
+        reference.held_on.add(node_id)
         if ref.task_status != _NIL_TASK_STATUS and reference.owner is None:
             reference.owner = holder
         if reference.holder is None:

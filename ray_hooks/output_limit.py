@@ -8,7 +8,8 @@ counts:
 
 1. fewer listed tasks and actors per job, fewer reasons;
 2. no listed tasks and actors, one shortened reason per job;
-3. whole jobs left out, `will-recover` ones before `at-risk` ones, largest result first;
+3. whole jobs left out, `will-recover` ones before `at-risk` and `lost` ones, largest result
+   first;
    the result's message then says how many were left out.
 
 A response that is too long without any impacted jobs (very many notices) is printed as it
@@ -90,7 +91,7 @@ def _leave_out_jobs(document: JsonObject, limit: int) -> None:
             index = max(with_jobs, key=lambda n: len(results[n]["impacted_jobs"]))
             result = results[index]
             jobs = result["impacted_jobs"]
-            recovering = [n for n, job in enumerate(jobs) if job.get("verdict") != "at-risk"]
+            recovering = [n for n, job in enumerate(jobs) if job.get("verdict") == "will-recover"]
             dropped += len(json.dumps(jobs.pop(recovering[-1] if recovering else -1))) + 2
             messages.setdefault(index, str(result.get("message", "")))
             counts[index] = counts.get(index, 0) + 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,10 @@ _ANALYSED_AFTER = frozenset(
     {DRAINED, ALREADY_DRAINING, ANALYSED, DRAIN_REJECTED, DRAIN_UNCONFIRMED, DRAIN_FAILED}
 )
 
-ImpactAnalysis = Callable[[str, Any, set[str]], dict[str, tuple[JobImpact, ...]]]
+#: (address, gcs, {node id: whether it dies as a preempted node}) -> impacts by node id.
+ImpactAnalysis = Callable[[str, Any, Mapping[str, bool]], dict[str, tuple[JobImpact, ...]]]
+#: Outcomes after which the node dies as a preempted node: drained, with a deadline, by now.
+_PREEMPTED_AFTER = frozenset({DRAINED, ALREADY_DRAINING})
 
 
 @dataclass(frozen=True)
@@ -159,11 +162,11 @@ def _reason(request: RespondRequest, notice: Notice) -> str:
 def _analyse(
     address: str, gcs: Any, handled: list[_Handled], analysis: ImpactAnalysis
 ) -> tuple[dict[str, tuple[JobImpact, ...]], str]:
-    node_ids = {
-        item.node.node_id
-        for item in handled
-        if item.node is not None and item.outcome in _ANALYSED_AFTER
-    }
+    node_ids: dict[str, bool] = {}
+    for item in handled:
+        if item.node is not None and item.outcome in _ANALYSED_AFTER:
+            preempted = item.outcome in _PREEMPTED_AFTER
+            node_ids[item.node.node_id] = node_ids.get(item.node.node_id, False) or preempted
     if not node_ids:
         return {}, ""
     try:

@@ -169,7 +169,7 @@ def test_warned_worker_is_drained_its_running_task_finishes_and_new_work_goes_el
     )
 
 
-def test_second_warning_for_a_draining_node_is_reported_and_not_drained_again(
+def test_a_draining_node_keeps_the_earliest_deadline_any_notice_gave_it(
     cluster: EmbeddedRayCluster, gcs: Any
 ) -> None:
     # GIVEN an actor keeping the arm worker busy, so that it stays draining
@@ -177,28 +177,37 @@ def test_second_warning_for_a_draining_node_is_reported_and_not_drained_again(
     busy = progress_actor_on(ARM_SPOT_WORKER.instance_id, "arm-progress")
     first_deadline = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=90)
 
-    # WHEN two notices for it arrive in one request, then another in a second request
+    # WHEN two notices for it arrive in one request, then a later deadline, then an earlier
     first = respond(
         cluster,
         notice(ARM_SPOT_WORKER.instance_id, deadline=first_deadline),
         notice(ARM_SPOT_WORKER.instance_id, kind="rebalance-recommendation"),
     )
-    second = respond(
+    later = respond(
         cluster,
         notice(ARM_SPOT_WORKER.instance_id, deadline=first_deadline + timedelta(seconds=10)),
     )
+    held_after_later = gcs.get_draining_nodes()[worker]
+    earlier_deadline = first_deadline - timedelta(seconds=30)
+    earlier = respond(
+        cluster,
+        notice(ARM_SPOT_WORKER.instance_id, kind="scheduled-change", deadline=earlier_deadline),
+    )
 
-    # THEN the node is drained once, and each later notice keeps the first deadline
-    outcomes = [result["outcome"] for result in first.document["results"]]
-    assert outcomes == ["drained", "already-draining"]
-    (again,) = second.document["results"]
-    assert again["outcome"] == "already-draining"
-    assert again["node"]["state"] == "DRAINING"
-    assert again["drain_issued_at"] is None
+    # THEN the first request drains it once, with the earlier of its two deadlines
+    assert [result["outcome"] for result in first.document["results"]] == ["drained", "drained"]
     first_given = first_deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert {r["drain_deadline"] for r in [*first.document["results"], again]} == {first_given}
-    assert worker in drained_by_ray(gcs)
-    assert [actor["name"] for actor in again["impacted_jobs"][0]["actors"]] == ["arm-progress"]
+    assert {r["drain_deadline"] for r in first.document["results"]} == {first_given}
+    # AND a later deadline leaves Ray's alone
+    (kept,) = later.document["results"]
+    assert kept["outcome"] == "already-draining"
+    assert (kept["drain_deadline"], kept["drain_issued_at"]) == (first_given, None)
+    assert held_after_later == int(first_deadline.timestamp() * 1000)
+    # AND an earlier one replaces it in Ray's own books
+    (moved,) = earlier.document["results"]
+    assert moved["outcome"] == "drained"
+    assert gcs.get_draining_nodes()[worker] == int(earlier_deadline.timestamp() * 1000)
+    assert [actor["name"] for actor in moved["impacted_jobs"][0]["actors"]] == ["arm-progress"]
     del busy  # the node exits once its last actor is gone
 
 
