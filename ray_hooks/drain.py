@@ -95,6 +95,7 @@ class DrainOrder:
 def plan(node: RayNode, requested: datetime | None, now: datetime) -> Drain | datetime:
     """The deadline to give Ray for `node`, or the Drain that says why none is sent."""
     if node.is_head:
+        log.error("REFUSED to drain node %s: it is the Ray head node", node.node_id)
         return Drain(HEAD_NODE, HEAD_NODE_MESSAGE)
     wanted = now if requested is None else requested
     held = node.drain_deadline if node.state == DRAINING else None

@@ -44,6 +44,7 @@ from ray_hooks.drain import (
 )
 from ray_hooks.impact import node_impacts
 from ray_hooks.nodes import NodeMatch, RayNode, find_node, list_nodes
+from ray_hooks.outcomes import remember as remember_verdicts
 from ray_hooks.replacement import ReplacementOptions
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def respond(
         before_analysis()
     impacts, unknown = _analyse(address, gcs, handled, analysis)
     results = tuple(_result(item, impacts, unknown) for item in handled)
+    remember_verdicts(gcs, results)
     response = RespondResponse(
         cluster=request.cluster,
         request_id=request.request_id,

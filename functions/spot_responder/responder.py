@@ -33,7 +33,7 @@ from spot_responder.ledger import (
 )
 from spot_responder.notices import Notice, NoticeKind, NoticeRejected, parse_event
 from spot_responder.policy import Action, Decision, decide
-from spot_responder.reconcile import reconcile_request
+from spot_responder.reconcile import reconcile_request, record_verdict_outcomes
 from spot_responder.settings import Settings
 
 # A claim older than this cannot belong to a running invocation (the responder function
@@ -159,7 +159,10 @@ class Responder:
             try:
                 answer = self.channel.call(cluster, reconcile_request(cluster))
                 released = len(answer.get("released") or ())
-                report.reconciled[cluster] = f"{released} capacity request(s) released"
+                checked = record_verdict_outcomes(answer, self.ledger)
+                report.reconciled[cluster] = (
+                    f"{released} capacity request(s) released, {checked} verdict(s) checked"
+                )
             except (ChannelUnavailable, ClusterRefused) as exc:
                 report.reconciled[cluster] = f"reconcile failed: {exc}"
 
