@@ -142,11 +142,7 @@ class _World:
     @classmethod
     def read(cls, gcs: Any, address: str, job_ids: Iterable[str]) -> _World:
         job_ids = sorted(set(job_ids))
-        actors = asyncio.run(
-            asyncio.wait_for(
-                gcs.async_get_all_actor_info(timeout=_RPC_TIMEOUT_S), _RPC_TIMEOUT_S + 1
-            )
-        )
+        actors = asyncio.run(_actor_table(gcs))
         jobs = gcs.get_all_job_info(
             skip_submission_job_info_field=True,
             skip_is_running_tasks_field=True,
@@ -159,6 +155,13 @@ class _World:
                 bytes(job.job_id).hex() for job in jobs.values() if job.is_dead
             ),
         )
+
+
+async def _actor_table(gcs: Any) -> Any:
+    """Every actor the GCS knows, dead ones included (the call must start inside the loop)."""
+    return await asyncio.wait_for(
+        gcs.async_get_all_actor_info(timeout=_RPC_TIMEOUT_S), _RPC_TIMEOUT_S + 1
+    )
 
 
 def _tasks(address: str, job_ids: Sequence[str]) -> dict[str, list[Any]]:

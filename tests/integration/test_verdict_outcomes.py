@@ -83,10 +83,10 @@ def keeper_on(node_id: str, max_restarts: int) -> Any:
     return handle
 
 
-def actor_in_ray(actor_id: str) -> Any:
+def actor_in_ray(cluster: Any, actor_id: str) -> Any:
     from ray.util.state import get_actor
 
-    return get_actor(actor_id, timeout=10)
+    return get_actor(actor_id, address=cluster.address, timeout=10)
 
 
 def death_reason(gcs: Any, node_id: str) -> str:
@@ -147,9 +147,13 @@ def test_verdicts_are_checked_against_what_ray_did_once_the_node_is_gone(cluster
     assert {death_reason(gcs, node_id) for node_id in nodes.values()} == {
         "AUTOSCALER_DRAIN_PREEMPTED"
     }
-    wait_until(lambda: actor_in_ray(fragile._actor_id.hex()).state == "DEAD", 30, "the death")
     wait_until(
-        lambda: actor_in_ray(restartable._actor_id.hex()).state == "ALIVE", 60, "the restart"
+        lambda: actor_in_ray(cluster, fragile._actor_id.hex()).state == "DEAD", 30, "the death"
+    )
+    wait_until(
+        lambda: actor_in_ray(cluster, restartable._actor_id.hex()).state == "ALIVE",
+        60,
+        "the restart",
     )
     assert ray.get(restartable.where.remote(), timeout=60) == cluster.spare.node_id
 
@@ -168,7 +172,7 @@ def test_verdicts_are_checked_against_what_ray_did_once_the_node_is_gone(cluster
     assert {k: (o["verdict"], o["outcome"]) for k, o in outcomes.items()} == {
         RESTARTABLE: ("will-recover", "recovered"),
         FRAGILE: ("lost", "lost"),
-    }
+    }, f"respond: {answered.stderr}\nreconcile: {checked.stderr}"
     assert {o["node_death"] for o in outcomes.values()} == {"AUTOSCALER_DRAIN_PREEMPTED"}
     assert any("1 restart(s), 1 free" in d for d in outcomes[RESTARTABLE]["details"])
 
