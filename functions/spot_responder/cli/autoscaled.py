@@ -47,7 +47,6 @@ FAST_HEALTH_CHECKS = {
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
     "RAY_health_check_timeout_ms": "500",
-    "RAY_health_check_initial_delay_ms": "1000",
 }
 
 
@@ -141,6 +140,8 @@ class AutoscaledLocalCluster:
             self._proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
+        # A GcsClient made before the GCS listens logs a warning: wait for the port first.
+        self.wait_for(lambda: _listening(port), timeout_s, "the GCS")
         self.wait_for(lambda: any(n.is_head and n.alive for n in self.nodes()), timeout_s, "head")
 
     def shutdown(self) -> None:
@@ -330,6 +331,12 @@ def _wait_until_gone(group: int, timeout_s: float) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.2)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((_node_ip(), port)) == 0
 
 
 def _free_port() -> int:

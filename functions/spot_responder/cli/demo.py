@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -49,7 +50,7 @@ WARNED_TYPE = "x86_spot_worker"
 BUSY_TYPE = "x86_spot_worker_2"  # the other zone's spot pool, busy before the warning
 HEAD_INSTANCE = "i-0d0d0d0d0d0d0d0d0"
 #: Seconds from the warning to the termination in the demo (EC2 gives 120).
-WINDOW_S = 20.0
+WINDOW_S = 25.0
 SPOT_WARNING_S = 120.0
 MAX_WORKERS = 4  # raylets: head + 2 busy workers + the replacement (+1 spare)
 _SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
@@ -149,6 +150,7 @@ def start(story: Story) -> tuple[AutoscaledLocalCluster, dict[str, str]]:
     cluster = AutoscaledLocalCluster(
         types,
         max_workers=MAX_WORKERS,
+        idle_timeout_minutes=1.0,
         head_labels={INSTANCE_ID_LABEL: plays[HEAD_INSTANCE]},
     )
     return cluster, plays
@@ -162,10 +164,9 @@ def prepare(
     nodes = cluster.bring_up([WARNED_TYPE, BUSY_TYPE])
     warned = next(n for n in nodes if n.node_type == WARNED_TYPE)
     busy = next(n for n in nodes if n.node_type == BUSY_TYPE)
-    # The warning is replayed once the work runs (a few seconds): WINDOW_S before this.
-    termination = float(int(time.time() + WINDOW_S + 6))
-    workload = start_workload(cluster, warned, busy, until=termination + 1)
+    workload = start_workload(cluster, warned, busy)
     cluster.clear_requests()  # from here on, only what the responder asks for
+    termination = float(int(time.time() + WINDOW_S))
     story.tell(
         f"up: {WARNED_TYPE} node {warned.node_id[-5:]} plays {WARNED_INSTANCE} "
         f"(as {plays[WARNED_INSTANCE]} this run), {BUSY_TYPE} node {busy.node_id[-5:]} "
@@ -245,9 +246,9 @@ def follow(demo: DemoCluster, termination: float, asked_at: float, story: Story)
     time.sleep(max(0.0, termination - time.time()))
     killed = cluster.kill_node(demo.warned.node_id)
     instance = demo.plays[WARNED_INSTANCE]
+    demo.workload.stop()  # the work ends; what ran on the killed node ends where it moved
     if killed is None:
         story.tell(f"{instance} had already left: its drained node finished its work and exited")
-        killed = time.time()
     elif joined is not None:
         lead = killed - joined.started
         story.figures["lead_s"] = round(lead, 1)
@@ -285,10 +286,12 @@ def _alive(cluster: AutoscaledLocalCluster, node_id: str) -> bool:
 
 @dataclass
 class DemoWorkload:
-    """The sample job: a driver process of its own (its Ray messages go to its log file)."""
+    """The sample job: a driver process of its own (its Ray messages go to its log file);
+    its tasks work until the file `stop_path` exists."""
 
     process: subprocess.Popen[str]
     log_path: Path
+    stop_path: Path
 
     def results(self, timeout_s: float) -> list[Any]:
         """What each task returned (its node id) or the error, once the job ended."""
@@ -305,32 +308,38 @@ class DemoWorkload:
         return outcomes
 
     def stop(self) -> None:
+        """Let the tasks finish."""
+        self.stop_path.touch()
+
+    def end(self) -> None:
+        """End the driver (the job) if it still runs."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate()
 
 
 def start_workload(
-    cluster: AutoscaledLocalCluster, warned: LocalNode, busy: LocalNode, *, until: float
+    cluster: AutoscaledLocalCluster, warned: LocalNode, busy: LocalNode
 ) -> DemoWorkload:
-    """Run the sample job (`python -m spot_responder.cli.demo JOB`); return once its work runs."""
+    """Run the sample job (`python -m spot_responder.cli.demo ...`); return once it runs."""
     log_path = Path(cluster.temp_dir, "sample-job.log")
+    stop_path = Path(cluster.temp_dir, "sample-job.stop")
     command = [
         *(sys.executable, "-m", "spot_responder.cli.demo", cluster.address),
-        *(warned.node_id, busy.node_id, repr(until)),
+        *(warned.node_id, busy.node_id, str(stop_path)),
     ]
     with open(log_path, "w", encoding="utf-8") as job_log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=job_log, text=True)
-    workload = DemoWorkload(process, log_path)
+    workload = DemoWorkload(process, log_path, stop_path)
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line.startswith("running"):
-        workload.stop()
+        workload.end()
         raise RuntimeError(f"the sample job did not start: {log_path.read_text()[-2000:]}")
     return workload
 
 
-def sample_job(address: str, warned_node: str, busy_node: str, until: float) -> None:
+def sample_job(address: str, warned_node: str, busy_node: str, stop: str) -> None:
     """The sample job's driver: two tasks and one actor on the warned node (working past
     its termination; Ray's default retries), one task keeping the other spot node busy."""
     import ray
@@ -349,7 +358,7 @@ def sample_job(address: str, warned_node: str, busy_node: str, until: float) -> 
     def on(node_id: str, cpus: float, name: str) -> Any:
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=node_id == warned_node)
         return task.options(scheduling_strategy=strategy, num_cpus=cpus, name=name).remote(
-            progress, until
+            progress, stop
         )
 
     tasks = [on(warned_node, 0.5, f"sample_batch_{index}") for index in range(2)]
@@ -365,17 +374,18 @@ def sample_job(address: str, warned_node: str, busy_node: str, until: float) -> 
     print(json.dumps({"results": results[:-1]}), flush=True)
 
 
-def sample_until(progress: Any, until: float) -> str:
-    """A sample task: note its start, work until `until` (wall clock), return its node id.
+def sample_until(progress: Any, stop: str) -> str:
+    """A sample task: note its start, work until the file `stop` exists, return its node id.
 
-    Run again after its node died, it finishes at once on the node it lands on.
+    Run again after its node died, it finishes as soon as the demo ends the work.
     """
     import ray
 
     progress.record_start.remote()  # not waited for: the actor dies with the warned node
-    time.sleep(max(0.0, until - time.time()))
+    while not os.path.exists(stop):
+        time.sleep(0.2)
     return str(ray.get_runtime_context().get_node_id())
 
 
 if __name__ == "__main__":
-    sample_job(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    sample_job(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])

@@ -60,7 +60,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 report = _demo_story(args, settings, prepared, termination, story)
             finally:
-                prepared.workload.stop()
+                prepared.workload.end()
                 story.tell("tearing the local cluster down")
     except LedgerUnavailable as exc:
         print(f"spot-responder: {exc}", file=sys.stderr)
