@@ -373,6 +373,9 @@ class AnsweringSsm:
         self._ssm = ssm
         self.commands = []
 
+    def __getattr__(self, name):
+        return getattr(self._ssm, name)
+
     def send_command(self, **kwargs):
         self.commands.append(json.loads(base64.b64decode(kwargs["Parameters"]["Request"][0])))
         return self._ssm.send_command(**kwargs)
