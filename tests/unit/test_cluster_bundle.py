@@ -283,6 +283,11 @@ def test_ray_hooks_is_mounted_and_put_on_the_path_of_the_documents_interpreter(c
     assert config["head_setup_commands"][-1].endswith('-c "import ray_hooks"')
 
 
+def test_every_worker_gets_ray_hooks_too_so_tasks_can_read_their_nodes_deadline(config):
+    # file_mounts reach every node; the workers put the copy on their interpreter's path
+    assert config["worker_setup_commands"] == config["head_setup_commands"]
+
+
 def test_ray_is_installed_in_the_virtualenv_the_stack_names(config):
     setup = "\n".join(config["setup_commands"])
     assert "python3.12 -m venv /home/ec2-user/ray-venv" in setup
