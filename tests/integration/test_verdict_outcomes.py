@@ -187,3 +187,42 @@ def test_verdicts_are_checked_against_what_ray_did_once_the_node_is_gone(cluster
         env={"RAY_HOOKS_OUTCOME_SETTLE_S": "0"},
     )
     assert again.document["verdict_outcomes"] == []
+
+
+def test_a_stuck_raylet_fails_only_its_own_drain_and_the_others_still_drain(cluster: Any) -> None:
+    import signal
+
+    from ray._private import ray_constants
+    from ray._raylet import GcsClient
+
+    gcs = GcsClient(address=cluster.gcs_address)
+    stuck_id, healthy_id = "i-0a1b2c3d4e5f60073", "i-0a1b2c3d4e5f60074"
+    stuck = cluster.add_node(num_cpus=1, labels={LABEL: stuck_id})
+    healthy = cluster.add_node(num_cpus=1, labels={LABEL: healthy_id})
+    cluster.wait_for_nodes()
+    keepers = [keeper_on(node.node_id, max_restarts=0) for node in (stuck, healthy)]
+    raylet = stuck.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+    deadline = (datetime.now(UTC) + timedelta(seconds=60)).replace(microsecond=0)
+    # GIVEN one of the two warned workers' raylet stops answering (SIGSTOP)
+    raylet.send_signal(signal.SIGSTOP)
+    try:
+        # WHEN both warnings are answered in one request
+        answered = run_ray_hooks(
+            "respond",
+            "--address",
+            cluster.address,
+            stdin=json.dumps(
+                request(notice(stuck_id, deadline=deadline), notice(healthy_id, deadline=deadline))
+            ),
+        )
+    finally:
+        raylet.send_signal(signal.SIGCONT)
+    assert answered.code == 0, answered.stderr
+
+    # THEN the healthy worker is draining in Ray's books with the warning's deadline, and the
+    # stuck one's notice alone failed, to be retried
+    outcomes = {r["instance_id"]: r["outcome"] for r in answered.document["results"]}
+    assert outcomes[healthy_id] == "drained"
+    assert outcomes[stuck_id] in {"drain-failed", "drain-unconfirmed"}
+    assert gcs.get_draining_nodes()[healthy.node_id] == int(deadline.timestamp() * 1000)
+    del keepers
