@@ -69,7 +69,7 @@ def decide(
     if not settings.allows_cluster(instance.cluster):
         return Decision(Action.IGNORE, f"cluster {instance.cluster!r} is not in the allowlist")
     untrue = _contradicted_by_ec2(notice, instance)
-    if untrue is not None:
+    if untrue is not None and not instance.is_head:
         return Decision(Action.RECORD, untrue)
     routine = _routine_stop(notice, instance)
     if routine is not None:
@@ -87,9 +87,11 @@ def _contradicted_by_ec2(notice: Notice, instance: Instance) -> str | None:
     """Why EC2's own record of the instance says the notice cannot be true, if it does.
 
     A spot warning only comes for a spot instance, a Capacity Reservation warning only for
-    an instance in a reservation, and a stop or termination is one EC2 reports too.
+    an instance in a reservation, and a stop or termination is one EC2 reports too. A fact
+    the directory does not know (None: a local cluster has no EC2) contradicts nothing.
+    A head is never acted on whatever the notice: its notices are alerted regardless.
     """
-    if notice.kind is NoticeKind.SPOT_INTERRUPTION and instance.lifecycle != "spot":
+    if notice.kind is NoticeKind.SPOT_INTERRUPTION and instance.lifecycle not in (None, "spot"):
         return (
             f"spot interruption warning for a {instance.lifecycle or 'non-spot'} instance: "
             "EC2 sends none for it (forged or misrouted); not acted on"
@@ -105,6 +107,7 @@ def _contradicted_by_ec2(notice: Notice, instance: Instance) -> str | None:
     if (
         notice.kind is NoticeKind.STATE_CHANGE
         and notice.detail in STOPPING_STATES
+        and instance.state is not None
         and instance.state not in GONE_OR_GOING
     ):
         return (

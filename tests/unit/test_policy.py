@@ -183,7 +183,8 @@ def test_spot_warning_for_an_on_demand_instance_is_recorded_not_drained():
     assert not decision.needs_cluster
 
 
-def test_spot_warning_for_an_on_demand_head_is_recorded_not_alerted():
+def test_spot_warning_for_an_on_demand_head_is_alerted_all_the_same_and_never_drained():
+    # a head is never acted on; people hear of any notice for it, forged or not
     decision = decide(
         notice("spot-interruption-head-node.json"),
         ray_instance(HEAD, kind="head"),
@@ -192,7 +193,21 @@ def test_spot_warning_for_an_on_demand_head_is_recorded_not_alerted():
         now=NOW,
     )
 
-    assert decision.action is Action.RECORD
+    assert decision.action is Action.ALERT
+    assert not decision.needs_cluster
+
+
+def test_shutting_down_without_ec2_facts_is_taken_at_its_word():
+    # a local cluster's directory knows no EC2 state
+    decision = decide(
+        notice("state-change-shutting-down.json"),
+        replace(ray_instance(X86_WORKER), state=None),
+        Settings(),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.DRAIN
 
 
 @pytest.mark.parametrize(

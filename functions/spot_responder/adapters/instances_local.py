@@ -35,7 +35,7 @@ class RayLabelDirectory:
                     node_type=node.get("node_group"),
                     private_ip=node.get("ip"),
                     lifecycle=node.get("market_type"),
-                    state="running",
+                    state=None,  # no EC2 here to say: the event is taken at its word
                 )
                 for node in nodes
                 if node.get("instance_id")
