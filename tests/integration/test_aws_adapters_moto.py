@@ -334,11 +334,12 @@ def lambda_record(message, queue_url, sqs):
 
 
 def test_scheduled_reconcile_reaches_every_cluster_with_a_head_and_never_raises(
-    aws, cluster, monkeypatch
+    aws, cluster, ledger_table, monkeypatch
 ):
     from spot_responder.handlers import aws as factory
     from spot_responder.handlers import reconcile as handler
 
+    monkeypatch.setenv("LEDGER_TABLE", ledger_table.name)  # as the template's Globals set it
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
