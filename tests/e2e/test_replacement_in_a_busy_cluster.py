@@ -57,7 +57,7 @@ WORKER_TYPES = (
 BUSY_TYPES = tuple(w.name for w in WORKER_TYPES)
 IDLE_TIMEOUT_MINUTES = 0.1  # 6 s
 SAFETY_MARGIN_S = 5
-TERMINATION_AHEAD_S = 40  # from the moment the work runs to EC2's termination
+TERMINATION_AHEAD_S = 60  # from the moment the work runs to EC2's termination
 JOIN_TIMEOUT_S = 90
 
 
