@@ -70,6 +70,13 @@ bench-load: $(STAMP)
 bench-work-saved: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_work_saved
 
+## Benchmark: drain accepted -> deadline seen inside a running actor (p50/p99 over 200 drains),
+## GCS calls per node per second with 0 / 40 / 2,000 watching tasks, and the checkpoint example
+## with the responder and under Ray alone (not part of `make test`; ~15 min).
+.PHONY: bench-deadline
+bench-deadline: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_deadline
+
 ## Benchmark: >= 200 randomized jobs on spot workers that are warned and killed: the responder's
 ## verdict per job (will-recover / at-risk / lost) against what Ray then really did; seeded
 ## (`make bench-verdicts ARGS="--seed 7 --count 300"`; not part of `make test`; ~20-30 min).

@@ -22,9 +22,9 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
-from typing import NoReturn, TextIO  # noqa: E402
+from typing import Any, NoReturn, TextIO  # noqa: E402
 
 from ray_hooks.cluster import ClusterUnreachable, connect, resolve_address  # noqa: E402
 from ray_hooks.contract import (  # noqa: E402
@@ -164,15 +164,28 @@ def _reconcile(text: str, address_flag: str | None) -> JsonObject:
         reconcile_response,
     )
     from ray_hooks.cluster import ray_version
+    from ray_hooks.outcomes import settle
 
     request = parse_reconcile_request(text)
     log.info("request %s: reconcile capacity of cluster %s", request.request_id, request.cluster)
     address = resolve_address(address_flag)
+    gcs = connect(address)
     try:
-        result = reconcile(connect(address))
+        result = reconcile(gcs)
     except CapacityUnavailable as exc:
         raise ClusterUnreachable(str(exc)) from exc
-    return reconcile_response(request, result, ray_version(), time.perf_counter() - _STARTED)
+    document = reconcile_response(request, result, ray_version(), time.perf_counter() - _STARTED)
+    document["verdict_outcomes"] = _verdict_outcomes(gcs, address, settle)
+    return document
+
+
+def _verdict_outcomes(gcs: object, address: str, settle: Callable[..., Any]) -> list[JsonObject]:
+    """The judged jobs whose node is gone, with what happened (best effort: [] on failure)."""
+    try:
+        return [outcome.to_json() for outcome in settle(gcs, address)]
+    except Exception:  # the capacity part of reconcile stands
+        log.exception("verdict outcomes not read")
+        return []
 
 
 def _describe(address_flag: str | None) -> JsonObject:

@@ -1,7 +1,10 @@
-"""`ray_hooks describe`: the cluster's nodes that are not dead, with their instance labels.
+"""`ray_hooks describe`: the cluster's nodes with their instance labels.
 
 On a laptop this stands in for the EC2 tags: it tells which instance id each Ray node
-plays, so local replay can resolve the instance ids used in the sample events.
+plays, so local replay can resolve the instance ids used in the sample events. Like EC2,
+which still describes a terminated instance (with its tags) for about an hour, it also
+lists the last dead node of an instance that no alive node plays (state DEAD), as long as
+the GCS remembers it: a `terminated` state change then still finds its cluster.
 """
 
 from __future__ import annotations
@@ -10,15 +13,24 @@ from typing import Any
 
 from ray_hooks.cluster import ray_version
 from ray_hooks.contract import DescribedNode, DescribeResponse
-from ray_hooks.nodes import list_nodes
+from ray_hooks.nodes import RayNode, list_nodes
 
 
 def describe(gcs: Any) -> DescribeResponse:
-    """Alive and draining nodes, head first, then by instance id."""
-    nodes = sorted(
-        (node for node in list_nodes(gcs) if node.is_alive),
+    """Alive and draining nodes, head first, then by instance id; then the departed."""
+    known = list_nodes(gcs)
+    alive = sorted(
+        (node for node in known if node.is_alive),
         key=lambda node: (not node.is_head, node.instance_id or "", node.node_id),
     )
+    playing = {node.instance_id for node in alive}
+    departed: dict[str, RayNode] = {}
+    for node in known:
+        if not node.is_alive and node.instance_id and node.instance_id not in playing:
+            last = departed.get(node.instance_id)
+            if last is None or node.start_time_ms > last.start_time_ms:
+                departed[node.instance_id] = node
+    nodes = [*alive, *(departed[instance] for instance in sorted(departed))]
     return DescribeResponse(
         ray_version=ray_version(),
         nodes=tuple(

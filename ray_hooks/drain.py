@@ -21,8 +21,9 @@ overwrites an earlier one). Hence:
   back (`confirm`): the node must be draining with the deadline given, or have left already
   as a preempted node (an idle node exits at once); otherwise `drain-unconfirmed`.
 
-The drains of one request are sent side by side (`drain_all`); a slow or failing RPC for
-one node is that notice's own `drain-failed`, never the others'.
+The drains of one request are sent side by side (`send_drains`), then read back together
+(`confirm`); a slow or failing RPC for one node is that notice's own `drain-failed`, never
+the others'.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class DrainOrder:
 def plan(node: RayNode, requested: datetime | None, now: datetime) -> Drain | datetime:
     """The deadline to give Ray for `node`, or the Drain that says why none is sent."""
     if node.is_head:
+        log.error("REFUSED to drain node %s: it is the Ray head node", node.node_id)
         return Drain(HEAD_NODE, HEAD_NODE_MESSAGE)
     wanted = now if requested is None else requested
     held = node.drain_deadline if node.state == DRAINING else None
@@ -103,10 +105,10 @@ def plan(node: RayNode, requested: datetime | None, now: datetime) -> Drain | da
     return wanted
 
 
-def drain_all(
+def send_drains(
     gcs: NodeDrainer, orders: Sequence[DrainOrder], clock: Clock = lambda: datetime.now(UTC)
 ) -> dict[str, Drain]:
-    """Drain every node of `orders` side by side, then read the drains back; by node id."""
+    """Drain every node of `orders` side by side (not yet read back); by node id."""
     if not orders:
         return {}
     now = clock()
@@ -125,9 +127,6 @@ def drain_all(
             for order in to_send
         }
         drains.update({node_id: future.result() for node_id, future in sent.items()})
-    issued = [node_id for node_id in sent if drains[node_id].outcome == DRAINED]
-    if issued:
-        drains.update(confirm(gcs, {node_id: drains[node_id] for node_id in issued}))
     return drains
 
 
@@ -151,8 +150,15 @@ def _send(gcs: NodeDrainer, order: DrainOrder, deadline: datetime, clock: Clock)
 
 
 def confirm(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:
-    """Each accepted drain as Ray now holds it: draining with a deadline no later than the one
-    given, or already gone as a preempted node; anything else is `drain-unconfirmed`."""
+    """The drains, each accepted one as Ray now holds it: draining with a deadline no later
+    than the one given, or already gone as a preempted node; else `drain-unconfirmed`."""
+    issued = {node_id: drain for node_id, drain in drains.items() if drain.outcome == DRAINED}
+    if not issued:
+        return dict(drains)
+    return {**drains, **_read_back(gcs, issued)}
+
+
+def _read_back(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:
     try:
         draining = dict(gcs.get_draining_nodes(timeout=_RPC_TIMEOUT_S))
         gone = {

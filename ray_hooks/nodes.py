@@ -49,6 +49,8 @@ class RayNode:
     is_head: bool
     state: str
     start_time_ms: int = 0
+    #: When Ray booked the node's death (DEAD nodes only), ms since the epoch.
+    end_time_ms: int = 0
     #: The deadline of the drain in progress (DRAINING nodes only), when Ray was given one.
     drain_deadline: datetime | None = None
     #: Why the node died (DEAD nodes only), as Ray recorded it.
@@ -103,6 +105,7 @@ def node_from_info(info: Any, draining: Mapping[str, int]) -> RayNode:
         is_head=bool(info.is_head_node),
         state=_state(info, node_id, draining),
         start_time_ms=int(info.start_time_ms),
+        end_time_ms=int(info.end_time_ms) if dead else 0,
         drain_deadline=_deadline(draining.get(node_id)),
         death_message=str(info.death_info.reason_message) if dead else "",
         death_reason=_enum_name(info.death_info, "reason") if dead else "",

@@ -16,7 +16,9 @@ The policy, for the interrupted node's type T (its market, architecture and size
 3. the mode orders the markets: ``spot-first`` (spot, then on-demand), ``spot-only``,
    ``on-demand-first``;
 4. a candidate with any of its pools unavailable and no zone list to steer around it is
-   skipped; when none is left the answer is :class:`NoReplacement`, with the reason.
+   skipped, and so is a type at its ``max_workers`` (``full``: the caller counts the
+   cluster's nodes); when none is left the answer is :class:`NoReplacement`, with the
+   reason.
 
 The choice carries the request that steers the autoscaler to the type (see
 ``ray_hooks.capacity`` for what was measured): a bundle of the type's CPU/GPU plus the
@@ -117,6 +119,12 @@ def node_types_from_config(config: Mapping[str, Any]) -> dict[str, NodeType]:
         for name, spec in types.items()
         if isinstance(spec, Mapping)
     }
+
+
+def cluster_max_workers(config: Mapping[str, Any]) -> int | None:
+    """The cluster config's top-level `max_workers` (None when it does not say)."""
+    value = config.get("max_workers")
+    return None if value is None else _count(value, default=0)
 
 
 def _node_type(
@@ -286,8 +294,12 @@ def choose_replacement(
     node_types: Mapping[str, NodeType],
     unavailable: Iterable[Pool] = (),
     mode: str = SPOT_FIRST,
+    full: Mapping[str, str] | None = None,
 ) -> Choice:
-    """The replacement for one interrupted node (see the module docstring for the rules)."""
+    """The replacement for one interrupted node (see the module docstring for the rules).
+
+    `full`: node types that may not grow (at their max_workers), each with the reason.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown replacement mode {mode!r}")
     if interrupted.node_type is None:
@@ -301,6 +313,9 @@ def choose_replacement(
     skipped: list[str] = []
     for market in _MARKET_ORDER[mode]:
         for candidate in _candidates(current, node_types, market):
+            if full and candidate.name in full:
+                skipped.append(f"{candidate.name} ({full[candidate.name]})")
+                continue
             healthy, why = _pool_health(candidate, blocked)
             if healthy:
                 return _replacement(candidate, node_types, interrupted, mode, why, skipped)

@@ -39,11 +39,13 @@ from ray_hooks.drain import (
     DRAINED,
     Drain,
     DrainOrder,
-    drain_all,
+    confirm,
     earliest,
+    send_drains,
 )
 from ray_hooks.impact import node_impacts
 from ray_hooks.nodes import NodeMatch, RayNode, find_node, list_nodes
+from ray_hooks.outcomes import remember as remember_verdicts
 from ray_hooks.replacement import ReplacementOptions
 
 log = logging.getLogger(__name__)
@@ -87,13 +89,15 @@ def respond(
     `before_analysis`: called once the drains and capacity requests are out.
     """
     nodes = _nodes(gcs)
-    handled = _drain(gcs, request, nodes)
+    matches, sent = _drain(gcs, request, nodes)
     drain_s = time.perf_counter() - started
+    handled = _outcomes(matches, confirm(gcs, sent))
     capacity = _replace(gcs, handled, replacements)
     if before_analysis is not None:
         before_analysis()
     impacts, unknown = _analyse(address, gcs, handled, analysis)
     results = tuple(_result(item, impacts, unknown) for item in handled)
+    remember_verdicts(gcs, results)
     response = RespondResponse(
         cluster=request.cluster,
         request_id=request.request_id,
@@ -113,7 +117,9 @@ def _nodes(gcs: Any) -> tuple[RayNode, ...]:
         raise ClusterUnreachable(f"cannot list the Ray nodes: {exc}") from exc
 
 
-def _drain(gcs: Any, request: RespondRequest, nodes: tuple[RayNode, ...]) -> list[_Handled]:
+def _drain(
+    gcs: Any, request: RespondRequest, nodes: tuple[RayNode, ...]
+) -> tuple[list[tuple[Notice, NodeMatch]], dict[str, Drain]]:
     """Find each notice's node, then drain every node once, side by side, with the earliest
     deadline its notices gave (several notices for one node in one request drain it once)."""
     matches = [
@@ -126,7 +132,7 @@ def _drain(gcs: Any, request: RespondRequest, nodes: tuple[RayNode, ...]) -> lis
         if match.node is not None and (notice.action == "drain" or match.node.is_head):
             asking.setdefault(match.node.node_id, []).append(notice)
             found[match.node.node_id] = match.node
-    drains = drain_all(
+    drains = send_drains(
         gcs,
         [
             DrainOrder(
@@ -137,6 +143,10 @@ def _drain(gcs: Any, request: RespondRequest, nodes: tuple[RayNode, ...]) -> lis
             for node_id, notices in asking.items()
         ],
     )
+    return matches, drains
+
+
+def _outcomes(matches: list[tuple[Notice, NodeMatch]], drains: dict[str, Drain]) -> list[_Handled]:
     return [_handled(notice, match, drains) for notice, match in matches]
 
 

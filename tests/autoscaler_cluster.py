@@ -214,7 +214,7 @@ class FakeAutoscalingCluster:
     _log_path: str = ""
 
     # -- lifecycle -----------------------------------------------------------------
-    def start(self, timeout_s: float = 60.0) -> FakeAutoscalingCluster:
+    def start(self, timeout_s: float = 120.0) -> FakeAutoscalingCluster:
         # Short path: Ray's unix sockets live under it (108-byte limit).
         self.temp_dir = tempfile.mkdtemp(prefix="rsr-as-", dir="/tmp")
         try:

@@ -26,3 +26,8 @@ class ClusterChannel(Protocol):
     def call(self, cluster: str, request: dict[str, Any]) -> dict[str, Any]:
         """Run any operation of the contract; the head node's JSON answer as is."""
         ...
+
+
+class AgentTooOld(ClusterRefused):
+    """The head's SSM Agent cannot run the document (it predates `interpolationType:
+    ENV_VAR`): no retry helps until the agent is updated, and people must be told."""

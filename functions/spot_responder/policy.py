@@ -71,14 +71,14 @@ def _decide_for_worker(
         return Decision(
             Action.DRAIN,
             f"spot interruption ({notice.detail})",
-            _deadline(notice.termination_time, margin, now),
+            _deadline(notice.termination_time, margin),
             replace=True,
         )
     if notice.kind is NoticeKind.SCHEDULED_CHANGE:
         return Decision(
             Action.DRAIN,
             f"scheduled change {notice.detail}",
-            _deadline(notice.termination_time, margin, now),
+            _deadline(notice.termination_time, margin),
             replace=True,
         )
     if notice.kind is NoticeKind.REBALANCE_RECOMMENDATION:
@@ -107,7 +107,9 @@ def _decide_rebalance(settings: Settings, *, warned: bool) -> Decision:
     )
 
 
-def _deadline(termination: datetime | None, margin: timedelta, now: datetime) -> datetime | None:
+def _deadline(termination: datetime | None, margin: timedelta) -> datetime | None:
+    """The termination time less the margin, even when it has passed: Ray books a death as a
+    preemption only after the deadline, so a late notice keeps its real, past, deadline."""
     if termination is None:
         return None
-    return max(termination - margin, now)
+    return termination - margin

@@ -1,7 +1,10 @@
-"""Release the replacement capacity that is no longer needed, on every served cluster.
+"""Release the replacement capacity that is no longer needed, on every served cluster, and
+check the verdicts of the notices whose node is gone.
 
 Each Ray head keeps its outstanding capacity requests with an expiry; `reconcile` on
-the head drops those whose replacement joined or that expired. This runs it on every
+the head drops those whose replacement joined or that expired, and reports what really
+happened to the jobs it judged (`verdict_outcomes`), which is written into the ledger next to
+each verdict. This runs it on every
 cluster that has a running head node, one cluster's failure not stopping the others.
 """
 
@@ -9,10 +12,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spot_responder.channel import ChannelUnavailable, ClusterChannel, ClusterRefused
+from spot_responder.ledger import Ledger, LedgerUnavailable
 from spot_responder.settings import Settings
 
 
@@ -21,6 +25,8 @@ class ClusterReconciled:
     cluster: str
     released: int = 0
     outstanding: int = 0
+    outcomes: int = 0
+    """Judged jobs whose real outcome was written next to their verdict."""
     error: str | None = None
 
 
@@ -42,8 +48,45 @@ def reconcile_request(cluster: str) -> dict[str, Any]:
     }
 
 
+def record_verdict_outcomes(answer: dict[str, Any], ledger: Ledger | None) -> int:
+    """Write what really happened to each judged job next to its verdict, in the entry of
+    the notice that judged it (and so in the ledger's per-job view); how many were written.
+
+    An entry that is gone, or a ledger that does not answer, loses only this check."""
+    outcomes = [o for o in answer.get("verdict_outcomes") or () if isinstance(o, dict)]
+    if ledger is None or not outcomes:
+        return 0
+    by_notice: dict[str, dict[str, dict[str, Any]]] = {}
+    for outcome in outcomes:
+        by_notice.setdefault(str(outcome.get("notice_id")), {})[str(outcome.get("job_id"))] = {
+            "outcome": outcome.get("outcome"),
+            "node_death": outcome.get("node_death"),
+            "details": list(outcome.get("details") or ())[:10],
+        }
+    written = 0
+    for notice_id, jobs in by_notice.items():
+        try:
+            entry = ledger.get(notice_id)
+            if entry is None:
+                continue
+            impacted = tuple(
+                {**job, "outcome": jobs[str(job.get("job_id"))]}
+                if str(job.get("job_id")) in jobs
+                else job
+                for job in entry.impacted_jobs
+            )
+            ledger.save(replace(entry, impacted_jobs=impacted))
+            written += sum(1 for job in entry.impacted_jobs if str(job.get("job_id")) in jobs)
+        except LedgerUnavailable:
+            continue
+    return written
+
+
 def reconcile(
-    clusters: Iterable[str], channel: ClusterChannel, settings: Settings
+    clusters: Iterable[str],
+    channel: ClusterChannel,
+    settings: Settings,
+    ledger: Ledger | None = None,
 ) -> ReconcileReport:
     report = ReconcileReport()
     for cluster in sorted(set(clusters)):
@@ -59,6 +102,7 @@ def reconcile(
                 cluster,
                 released=len(answer.get("released") or ()),
                 outstanding=len(answer.get("outstanding") or ()),
+                outcomes=record_verdict_outcomes(answer, ledger),
                 error=str(answer["error"]) if "error" in answer else None,
             )
         )

@@ -8,13 +8,16 @@ dead-letters it and its ledger entry says so. No AWS here: the ports are injecte
 
 from __future__ import annotations
 
+import contextvars
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 
+from spot_responder.budget import Budget, applied
 from spot_responder.channel import ChannelUnavailable, ClusterChannel, ClusterRefused
 from spot_responder.contract import (
     MAX_NOTICES_PER_REQUEST,
@@ -33,14 +36,18 @@ from spot_responder.ledger import (
 )
 from spot_responder.notices import Notice, NoticeKind, NoticeRejected, parse_event
 from spot_responder.policy import Action, Decision, decide
-from spot_responder.reconcile import reconcile_request
+from spot_responder.reconcile import reconcile_request, record_verdict_outcomes
 from spot_responder.settings import Settings
 
 # A claim older than this cannot belong to a running invocation (the responder function
 # times out after 40 s): its notice is handled again.
 STALE_CLAIM = timedelta(seconds=45)
 RECONCILE_ON_STATES = frozenset({"running", "terminated"})
-MAX_PARALLEL_CLUSTERS = 8
+# Every cluster call of a batch runs at once (a batch of 50 records names at most 50
+# clusters, plus their reconciles); the cap only guards against a runaway batch.
+MAX_PARALLEL_CALLS = 100
+# A call that honours the budget returns right at its end; this much later it is late.
+BUDGET_GRACE_S = 0.5
 
 OUTCOME_STATUS = {
     "drained": Status.DRAINED,
@@ -62,6 +69,8 @@ class RecordStatus(StrEnum):
     REJECTED = "rejected"
     """It can never succeed; recorded and not retried."""
     RETRY = "retry"
+    DEAD_LETTER = "dead-letter"
+    """Failed, and no retry can land before its drain deadline: to the dead-letter queue."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,9 @@ class BatchReport:
 
     def to_retry(self) -> list[str]:
         return [m for m, s in self.statuses.items() if s is RecordStatus.RETRY]
+
+    def to_dead_letter(self) -> list[str]:
+        return [m for m, s in self.statuses.items() if s is RecordStatus.DEAD_LETTER]
 
 
 @dataclass
@@ -120,8 +132,16 @@ class Responder:
         self.settings = settings
         self.clock = clock
 
-    def handle(self, records: Sequence[InboundRecord], *, retime: bool = False) -> BatchReport:
-        """Handle a batch. `retime`: move each notice to now (local replay of old events)."""
+    def handle(
+        self,
+        records: Sequence[InboundRecord],
+        *,
+        retime: bool = False,
+        budget: Budget | None = None,
+    ) -> BatchReport:
+        """Handle a batch. `retime`: move each notice to now (local replay of old events).
+        `budget`: how long the cluster calls may take (the Lambda's remaining time)."""
+        budget = budget or Budget.unlimited()
         report = BatchReport()
         work: list[_Work] = []
         in_flight: set[str] = set()  # keys this batch claimed
@@ -135,14 +155,13 @@ class Responder:
                 self._retry(record, report, str(exc))
         if work:
             self._resolve_and_decide(work, report)
-            self._dispatch(work, report)
-            self._reconcile_where_workers_came_or_went(work, report)
+            self._dispatch(work, report, budget)
         return report
 
-    def _reconcile_where_workers_came_or_went(self, work: list[_Work], report: BatchReport) -> None:
+    def _reconciles(self, work: list[_Work]) -> list[str]:
         """A worker that started may be a replacement, one that ended frees its request:
         let the head node settle its capacity requests now rather than at the next
-        scheduled reconcile. Best effort: the notices are recorded whatever happens here.
+        scheduled reconcile. Best effort: the notices are recorded whatever happens there.
         """
         clusters = {
             item.instance.cluster
@@ -155,13 +174,16 @@ class Responder:
             and item.instance.cluster
             and self.settings.allows_cluster(item.instance.cluster)
         }
-        for cluster in sorted(c for c in clusters if c):
-            try:
-                answer = self.channel.call(cluster, reconcile_request(cluster))
-                released = len(answer.get("released") or ())
-                report.reconciled[cluster] = f"{released} capacity request(s) released"
-            except (ChannelUnavailable, ClusterRefused) as exc:
-                report.reconciled[cluster] = f"reconcile failed: {exc}"
+        return sorted(c for c in clusters if c)
+
+    def _reconcile(self, cluster: str) -> str:
+        try:
+            answer = self.channel.call(cluster, reconcile_request(cluster))
+        except (ChannelUnavailable, ClusterRefused) as exc:
+            return f"reconcile failed: {exc}"
+        released = len(answer.get("released") or ())
+        checked = record_verdict_outcomes(answer, self.ledger)
+        return f"{released} capacity request(s) released, {checked} verdict(s) checked"
 
     # -- parse and claim -------------------------------------------------------------
 
@@ -274,7 +296,7 @@ class Responder:
 
     # -- act -------------------------------------------------------------------------
 
-    def _dispatch(self, work: list[_Work], report: BatchReport) -> None:
+    def _dispatch(self, work: list[_Work], report: BatchReport, budget: Budget) -> None:
         by_cluster: dict[str, list[_Work]] = defaultdict(list)
         for item in work:
             if item.decision is not None and item.decision.needs_cluster and item.instance:
@@ -288,13 +310,20 @@ class Responder:
             for cluster, items in by_cluster.items()
             for start in range(0, len(items), MAX_NOTICES_PER_REQUEST)
         ]
-        if not batches:
-            return
-        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CLUSTERS, len(batches))) as pool:
-            answers = list(pool.map(lambda b: self._ask(*b), batches))
-        for (_, items), answer in zip(batches, answers, strict=True):
+        reconciles = self._reconciles(work)
+        # Every cluster call of the batch at once, drains and reconciles alike: one slow
+        # head costs the others nothing, and none outlives the budget.
+        calls: list[Callable[[], object]] = [partial(self._ask, *b) for b in batches]
+        calls += [partial(self._reconcile, cluster) for cluster in reconciles]
+        answers = _in_parallel(calls, budget)
+        for (_, items), answer in zip(batches, answers[: len(batches)], strict=True):
             report.requests_sent += 1
+            assert isinstance(answer, ClusterResponse | Exception)
             self._apply(items, answer, report)
+        for cluster, outcome in zip(reconciles, answers[len(batches) :], strict=True):
+            report.reconciled[cluster] = (
+                f"reconcile failed: {outcome}" if isinstance(outcome, Exception) else str(outcome)
+            )
 
     def _ask(self, cluster: str, items: list[_Work]) -> ClusterResponse | Exception:
         mode = self.settings.replacement_mode.value
@@ -341,17 +370,39 @@ class Responder:
     def _finish(self, item: _Work, report: BatchReport, status: Status, **changes: object) -> None:
         entry = item.entry.with_outcome(status, self.clock(), **changes)
         self._save(item, entry, report)
-        if status is Status.REJECTED and report.statuses[item.record.message_id] is not (
-            RecordStatus.RETRY
+        if status is Status.REJECTED and report.statuses[item.record.message_id] not in (
+            RecordStatus.RETRY,
+            RecordStatus.DEAD_LETTER,
         ):
             report.statuses[item.record.message_id] = RecordStatus.REJECTED
 
     def _fail(self, item: _Work, report: BatchReport, reason: str) -> None:
-        last = item.record.receive_count >= self.settings.max_receive_count
-        status = Status.DEAD_LETTERED if last else Status.FAILED
-        entry = item.entry.with_outcome(status, self.clock(), reason=reason)
+        """A passing failure: retried while a retry can still land before the notice's
+        deadline; after that the record goes to the dead-letter queue, the ledger saying
+        so. The queue's own maxReceiveCount is only the backstop (invocations that died)."""
+        now = self.clock()
+        retry_at = now + timedelta(seconds=self.settings.retry_delay_s)
+        out_of_time = retry_at >= self._retry_until(item)
+        backstop = item.record.receive_count >= self.settings.max_receive_count
+        if out_of_time or backstop:
+            why = "no retry can land before its deadline" if out_of_time else "last delivery"
+            reason = f"{reason} (dead-lettered: {why})"
+        status = Status.DEAD_LETTERED if out_of_time or backstop else Status.FAILED
+        entry = item.entry.with_outcome(status, now, reason=reason)
         self._save(item, entry, report)
-        self._retry(item.record, report, reason)
+        if out_of_time and not backstop:
+            self._dead_letter(item.record, report, reason)
+        else:
+            self._retry(item.record, report, reason)
+
+    def _retry_until(self, item: _Work) -> datetime:
+        """The latest a retry is worth anything: the drain deadline, and never less than the
+        notice window after the notice (a drain "at once" still has the window)."""
+        window_end = item.notice.time + timedelta(seconds=self.settings.notice_window_s)
+        deadline = item.decision.drain_deadline if item.decision is not None else None
+        if deadline is None:
+            deadline = item.notice.termination_time
+        return window_end if deadline is None else max(deadline, window_end)
 
     def _save(self, item: _Work, entry: LedgerEntry, report: BatchReport) -> None:
         item.entry = entry
@@ -366,8 +417,41 @@ class Responder:
         report.statuses[record.message_id] = RecordStatus.RETRY
         report.reasons[record.message_id] = reason
 
+    @staticmethod
+    def _dead_letter(record: InboundRecord, report: BatchReport, reason: str) -> None:
+        """Unless another notice of the record is still worth a retry."""
+        if report.statuses[record.message_id] is not RecordStatus.RETRY:
+            report.statuses[record.message_id] = RecordStatus.DEAD_LETTER
+            report.reasons[record.message_id] = reason
+
     def _expiry(self, now: datetime) -> int:
         return int((now + timedelta(days=self.settings.ledger_ttl_days)).timestamp())
+
+
+def _in_parallel(calls: list[Callable[[], object]], budget: Budget) -> list[object]:
+    """Run every call in its own thread under `budget`; a call still running when the
+    budget is spent is answered with ChannelUnavailable (its records are retried) and left
+    to stop on its own (the channel reads the same budget)."""
+    if not calls:
+        return []
+    pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CALLS, len(calls)))
+    try:
+        futures = [
+            pool.submit(contextvars.copy_context().run, _within, budget, call) for call in calls
+        ]
+        remaining = budget.remaining_s()
+        wait(futures, timeout=None if remaining == float("inf") else remaining + BUDGET_GRACE_S)
+        late = ChannelUnavailable(
+            "no answer from the head node within the invocation's time budget"
+        )
+        return [f.result() if f.done() else late for f in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _within(budget: Budget, call: Callable[[], object]) -> object:
+    with applied(budget):
+        return call()
 
 
 def _describe(entry: LedgerEntry, instance: Instance | None, decision: Decision) -> LedgerEntry:

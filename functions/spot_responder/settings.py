@@ -66,6 +66,11 @@ class Settings:
     rebalance_action: RebalanceAction = RebalanceAction.REPLACE
     replacement_mode: ReplacementMode = ReplacementMode.SPOT_FIRST
     pool_unavailable_minutes: int = 30
+    dead_letter_queue_url: str | None = None
+    account_id: str | None = None
+    """The stack's account: notices from any other are rejected."""
+    max_nodes_per_event: int = 20
+    """Nodes one event may drain; the rest are recorded (a forged or runaway event)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +94,9 @@ class Settings:
                 env, "REPLACEMENT_MODE", ReplacementMode, ReplacementMode.SPOT_FIRST
             ),
             pool_unavailable_minutes=_int(env, "POOL_UNAVAILABLE_MINUTES", 30, 0, 1440),
+            dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
+            account_id=env.get("STACK_ACCOUNT_ID") or None,
+            max_nodes_per_event=_int(env, "MAX_NODES_PER_EVENT", 20, 1, 1000),
         )
 
     def allows_cluster(self, cluster: str) -> bool:

@@ -14,7 +14,19 @@ Where the stack's values come from, first match wins:
 So the renderer runs offline whenever it is given the values.
 
 Without --x86-ami/--arm-ami the nodes use the latest Amazon Linux 2023 AMI, resolved
-by EC2 at launch from the public SSM parameter.
+by EC2 at launch from the public SSM parameter, and install Python and Ray at boot. With
+--prebuilt-image the AMIs given already hold what setup_commands would install (an image
+made from a node this bundle set up): a node only checks its Ray version, and joins in
+the spot warning's two minutes (see the README's join-time figures).
+
+Pools: each spot type of the template becomes one node type per subnet (`--subnet
+subnet-...[:zone]`, one subnet per availability zone): `x86_spot_worker` for the first,
+`x86_spot_worker_2` for the second, and so on, each with its own marker resource, its
+`ray.io/node-group` and, when the zone is given, its `ray.io/availability-zone` label.
+Ray's AWS provider always launches into a type's first subnet, so only one subnet per
+type lets the responder steer a replacement away from the zone just interrupted. The
+on-demand twins keep every subnet. Every type has a `priority` (autoscaler v2 otherwise
+breaks ties by config order): spot above its on-demand twin.
 """
 
 from __future__ import annotations
@@ -39,12 +51,22 @@ AL2023_AMI = "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel
 HEAD_NODE_TYPE = "ray.head.default"
 SPOT_WORKER_TYPES = ("x86_spot_worker", "arm_spot_worker")
 FALLBACK_WORKER_TYPES = ("x86_ondemand_worker", "arm_ondemand_worker")
+SPOT_PRIORITY = 20
+ON_DEMAND_PRIORITY = 10
+NODE_GROUP_LABEL = "ray.io/node-group"
+ZONE_LABEL = "ray.io/availability-zone"
+#: What a node of a pre-built image runs instead of installing (it has Ray already).
+PREBUILT_SETUP = (
+    '${RAY_VENV}/bin/python -c "import ray, sys; '
+    "sys.exit(ray.__version__ != '${RAY_VERSION}' and 'the image has Ray ' + ray.__version__)\""
+)
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Z0-9_]+)\}")
 _PATTERNS = {
     "cluster name": r"[A-Za-z0-9_.-]{1,64}",
     "region": r"[a-z]{2}(-[a-z]+)+-[0-9]",
     "subnet": r"subnet-[0-9a-f]{8,17}",
+    "zone": r"[a-z]{2}(-[a-z]+)+-[0-9][a-z]",
     "security group": r"sg-[0-9a-f]{8,17}",
     "AMI": r"ami-[0-9a-f]{8,17}|resolve:ssm:/[A-Za-z0-9_./-]+",
     "instance type": r"[a-z][a-z0-9-]*\.[a-z0-9]+",
@@ -108,13 +130,19 @@ class ClusterOptions:
     head_instance_type: str = "m7i.xlarge"
     x86_instance_type: str = "r7i.2xlarge"
     arm_instance_type: str = "r8g.2xlarge"
-    spot_min_workers: int = 1
+    #: 0: a spot type's min_workers is refilled by the autoscaler in the very pool that was
+    #: just interrupted as soon as its node drains (v2 does not count a draining node).
+    spot_min_workers: int = 0
     spot_max_workers: int = 8
     fallback_max_workers: int = 4
     worker_volume_gb: int = 300
     upscaling_speed: float = 1.0
     idle_timeout_minutes: int = 5
     ray_version: str = RAY_VERSION
+    #: The zone of each subnet, same order (empty: unknown; the zone label is left out).
+    subnet_zones: Sequence[str] = ()
+    #: The AMIs already hold Ray and its packages (made from a node of this bundle).
+    prebuilt_image: bool = False
     ray_hooks_source: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent)
 
 
@@ -132,7 +160,7 @@ def placeholders(options: ClusterOptions, stack: StackValues) -> dict[str, str]:
         raise RenderError(f"not a Ray version: {options.ray_version!r}")
     ray_python = _checked("Ray Python", stack.ray_python)
     spill_bucket = stack.spill_bucket and _checked("S3 bucket", stack.spill_bucket)
-    total = 2 * (options.spot_max_workers + options.fallback_max_workers)
+    total = 2 * (len(options.subnet_ids) * options.spot_max_workers + options.fallback_max_workers)
 
     def ids(kind: str, values: Sequence[str]) -> str:
         return json.dumps([_checked(kind, v) for v in values])
@@ -193,7 +221,41 @@ def render(
     if unknown:
         raise RenderError(f"the template has placeholders without a value: {unknown}")
     config: dict[str, Any] = yaml.safe_load(_PLACEHOLDER.sub(lambda m: values[m.group(1)], text))
+    config["available_node_types"] = _pools(config["available_node_types"], options)
+    if options.prebuilt_image:
+        config["setup_commands"] = [_PLACEHOLDER.sub(lambda m: values[m.group(1)], PREBUILT_SETUP)]
     return config
+
+
+def _pools(types: dict[str, Any], options: ClusterOptions) -> dict[str, Any]:
+    """Each spot type once per subnet, and a priority on every type (spot above on-demand)."""
+    zones = list(options.subnet_zones) or [""] * len(options.subnet_ids)
+    if len(zones) != len(options.subnet_ids):
+        raise RenderError("give a zone for every subnet or for none")
+    pools: dict[str, Any] = {}
+    for name, spec in types.items():
+        if name not in SPOT_WORKER_TYPES:
+            spec.setdefault("priority", ON_DEMAND_PRIORITY if name != HEAD_NODE_TYPE else 0)
+            pools[name] = spec
+            continue
+        for index, (subnet, zone) in enumerate(zip(options.subnet_ids, zones, strict=True)):
+            pool = name if index == 0 else f"{name}_{index + 1}"
+            pools[pool] = _spot_pool(spec, name, pool, subnet, zone)
+    return pools
+
+
+def _spot_pool(
+    spec: dict[str, Any], name: str, pool: str, subnet: str, zone: str
+) -> dict[str, Any]:
+    copied: dict[str, Any] = yaml.safe_load(yaml.safe_dump(spec))
+    resources = copied["resources"]
+    resources[pool] = resources.pop(name)
+    copied["labels"][NODE_GROUP_LABEL] = pool
+    if zone:
+        copied["labels"][ZONE_LABEL] = zone
+    copied["node_config"]["SubnetIds"] = [subnet]
+    copied["priority"] = SPOT_PRIORITY
+    return copied
 
 
 def render_text(options: ClusterOptions, stack: StackValues, template: Path = TEMPLATE) -> str:
@@ -275,17 +337,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     stack.add_argument("--ray-python")
     stack.add_argument("--spill-bucket", help="S3 bucket for object spilling ('' for none)")
     net = parser.add_argument_group("network and images")
-    net.add_argument("--subnet", action="append", required=True, dest="subnets")
+    net.add_argument(
+        "--subnet",
+        action="append",
+        required=True,
+        dest="subnets",
+        metavar="SUBNET[:ZONE]",
+        help="one per availability zone; each spot type gets one pool per subnet",
+    )
     net.add_argument("--head-sg", action="append", required=True, dest="head_sgs")
     net.add_argument("--worker-sg", action="append", required=True, dest="worker_sgs")
     net.add_argument("--x86-ami", default=ClusterOptions.x86_ami)
     net.add_argument("--arm-ami", default=ClusterOptions.arm_ami)
+    net.add_argument(
+        "--prebuilt-image",
+        action="store_true",
+        help="the AMIs already hold Ray (made from a node of this bundle): nodes skip the "
+        "install and can join within the two-minute spot warning",
+    )
     size = parser.add_argument_group("cluster")
     size.add_argument("--cluster-name", default=ClusterOptions.cluster_name)
     size.add_argument("--head-instance-type", default=ClusterOptions.head_instance_type)
     size.add_argument("--x86-instance-type", default=ClusterOptions.x86_instance_type)
     size.add_argument("--arm-instance-type", default=ClusterOptions.arm_instance_type)
-    size.add_argument("--spot-min-workers", type=int, default=ClusterOptions.spot_min_workers)
+    size.add_argument(
+        "--spot-min-workers",
+        type=int,
+        default=ClusterOptions.spot_min_workers,
+        help="per spot pool; above 0 the autoscaler refills an interrupted pool by itself",
+    )
     size.add_argument("--spot-max-workers", type=int, default=ClusterOptions.spot_max_workers)
     size.add_argument(
         "--fallback-max-workers", type=int, default=ClusterOptions.fallback_max_workers
@@ -299,13 +379,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _subnets_and_zones(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`subnet-...` or `subnet-...:us-west-2a` flags: the subnets, and their zones if given."""
+    pairs = [value.partition(":")[::2] for value in values]
+    zones = [_checked("zone", zone) for _, zone in pairs if zone]
+    if zones and len(zones) != len(pairs):
+        raise RenderError("give a zone for every --subnet or for none")
+    return [subnet for subnet, _ in pairs], zones
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         stack = stack_values(args)
+        subnets, zones = _subnets_and_zones(args.subnets)
         options = ClusterOptions(
             region=args.region,
-            subnet_ids=args.subnets,
+            subnet_ids=subnets,
+            subnet_zones=zones,
+            prebuilt_image=args.prebuilt_image,
             head_security_group_ids=args.head_sgs,
             worker_security_group_ids=args.worker_sgs,
             cluster_name=args.cluster_name,

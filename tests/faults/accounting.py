@@ -9,6 +9,10 @@ The invariant every test here asserts, per batch and over a whole run:
 
     records in = records settled (handled, rejected) + records retried / dead-lettered
 
+A record is dead-lettered by the queue (its last receive failed) or by the handler itself
+(no retry could land before the notice's drain deadline: it sends it to the dead-letter
+queue and lets the queue delete it).
+
 and the ledger says what happened to every notice: a settled record's notices have a
 final status, a dead-lettered record's notices say `dead-lettered`.
 """
@@ -99,9 +103,12 @@ class NoticeQueue:
         for item in report.notices:
             self.notice_keys.setdefault(item.message_id, set()).add(item.entry.key)
         failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+        given_up = set(report.to_dead_letter())
         for message in batch:
             if message.message_id in failed:
                 self._give_back(message)
+            elif message.message_id in given_up:
+                self.dead_lettered.append(message)
             else:
                 self.settled[message.message_id] = report.statuses[message.message_id]
 
@@ -128,11 +135,16 @@ def assert_batch_accounted(
     """Every record of the batch is settled or given back, none both, none lost."""
     failed = [f["itemIdentifier"] for f in response["batchItemFailures"]]
     settled = [m for m in message_ids if report.statuses.get(m) in SETTLED]
+    given_up = report.to_dead_letter()
     assert sorted(failed) == sorted(report.to_retry())
     assert not set(failed) & set(settled)
-    assert len(message_ids) == len(settled) + len(failed), (message_ids, report.statuses)
-    assert set(message_ids) == set(settled) | set(failed)
-    for message_id in failed:
+    assert not set(given_up) & (set(failed) | set(settled))
+    assert len(message_ids) == len(settled) + len(failed) + len(given_up), (
+        message_ids,
+        report.statuses,
+    )
+    assert set(message_ids) == set(settled) | set(failed) | set(given_up)
+    for message_id in [*failed, *given_up]:
         assert report.reasons.get(message_id), f"retried record {message_id} without a reason"
 
 

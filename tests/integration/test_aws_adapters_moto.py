@@ -15,6 +15,7 @@ from spot_responder.channel import ChannelUnavailable
 from spot_responder.contract import NoticeRequest, build_request
 from spot_responder.handlers.responder import respond
 from spot_responder.ledger import LedgerEntry, Status, iso
+from spot_responder.reconcile import record_verdict_outcomes
 from spot_responder.responder import Responder
 from spot_responder.settings import Settings
 from tests import cfn
@@ -156,6 +157,43 @@ def test_dynamodb_ledger_answers_which_interruptions_hit_a_job_by_one_query(ledg
     assert [h.instance_id for h in hits] == ["i-0a1b2c3d4e5f60001"]
     assert hits[0].impact["running_s"] == 1.5
     assert len(ledger.entries()) == 2
+
+
+def test_dynamodb_ledger_holds_each_verdict_and_its_real_outcome_side_by_side(ledger_table):
+    ledger = DynamoDbLedger(ledger_table)
+    e = entry(key="i-0a1b2c3d4e5f60007#spot-interruption")
+    ledger.save(
+        e.with_outcome(
+            Status.DRAINED,
+            NOW,
+            cluster="ray-on-aws",
+            impacted_jobs=({"job_id": "07000000", "verdict": "will-recover"},),
+        )
+    )
+
+    written = record_verdict_outcomes(
+        {
+            "verdict_outcomes": [
+                {
+                    "notice_id": e.key,
+                    "job_id": "07000000",
+                    "verdict": "will-recover",
+                    "outcome": "recovered",
+                    "node_death": "AUTOSCALER_DRAIN_PREEMPTED",
+                    "details": ["actor 7b7c: ALIVE, 1 restart(s), 1 free"],
+                }
+            ]
+        },
+        ledger,
+    )
+
+    (hit,) = ledger.job_hits("ray-on-aws#07000000")
+    assert written == 1
+    assert hit.impact["verdict"] == "will-recover"
+    assert hit.impact["outcome"]["outcome"] == "recovered"
+    assert ledger.get(e.key).impacted_jobs[0]["outcome"]["node_death"] == (
+        "AUTOSCALER_DRAIN_PREEMPTED"
+    )
 
 
 def ssm_document(aws):
@@ -334,6 +372,9 @@ class AnsweringSsm:
     def __init__(self, ssm):
         self._ssm = ssm
         self.commands = []
+
+    def __getattr__(self, name):
+        return getattr(self._ssm, name)
 
     def send_command(self, **kwargs):
         self.commands.append(json.loads(base64.b64decode(kwargs["Parameters"]["Request"][0])))

@@ -110,7 +110,7 @@ def impact_of(cluster: EmbeddedRayCluster, instance_id: str, job_id: str) -> dic
     return jobs[job_id]
 
 
-def test_job_with_an_actor_that_has_max_restarts_zero_on_the_node_is_at_risk(
+def test_job_with_an_actor_that_has_max_restarts_zero_on_the_node_is_lost(
     cluster: EmbeddedRayCluster, job_id: str
 ) -> None:
     # GIVEN an actor with max_restarts=0 living on the arm worker
@@ -120,8 +120,8 @@ def test_job_with_an_actor_that_has_max_restarts_zero_on_the_node_is_at_risk(
     # WHEN the spot warning for that worker is answered
     job = impact_of(cluster, ARM_SPOT_WORKER.instance_id, job_id)
 
-    # THEN the job is at risk, and the reason names the actor
-    assert job["verdict"] == "at-risk"
+    # THEN the job is lost, and the reason names the actor
+    assert job["verdict"] == "lost"
     assert job["reasons"][0].startswith(
         f'actor Keeper "arm-keeper" ({actor_id}) has max_restarts=0'
     )
@@ -153,7 +153,7 @@ def test_job_whose_tasks_have_retries_left_and_no_put_objects_on_the_node_will_r
     assert ray.get(running, timeout=60)  # and the drained node lets them finish
 
 
-def test_job_with_a_put_object_whose_only_copy_is_on_the_node_is_at_risk_in_the_ledger(
+def test_job_with_a_put_object_whose_only_copy_is_on_the_node_is_lost_in_the_ledger(
     cluster: EmbeddedRayCluster, job_id: str, tmp_path: Path
 ) -> None:
     import ray
@@ -175,17 +175,18 @@ def test_job_with_a_put_object_whose_only_copy_is_on_the_node_is_at_risk_in_the_
         str(EVENTS / "spot-interruption-terminate.json"),
     )
 
-    # THEN the replay shows the job at risk, the reason naming the object
+    # THEN the replay shows the job lost, the reason naming the object (owned by the actor
+    # on the node, its only copy there, and held by this driver elsewhere)
     assert replayed.returncode == 0, replayed.stderr
     (notice_shown,) = json.loads(replayed.stdout)
     assert notice_shown["instance_id"] == X86_SPOT_WORKER.instance_id
     jobs = {job["job_id"]: job for job in notice_shown["impacted_jobs"]}
     job = jobs[job_id]
-    assert job["verdict"] == "at-risk"
+    assert job["verdict"] == "lost"
     named = [reason for reason in job["reasons"] if object_id in reason]
     assert len(named) == 1, json.dumps([object_id, job])
     (object_reason,) = named
-    assert "ray.put" in object_reason
+    assert "its owner lives on the node" in object_reason
     assert "cannot be rebuilt" in object_reason
     assert job["objects"]["count"] == job["objects"]["lost_count"] == 1
     assert job["objects"]["bytes"] >= 2_000_000
@@ -196,8 +197,8 @@ def test_job_with_a_put_object_whose_only_copy_is_on_the_node_is_at_risk_in_the_
     assert listed.returncode == 0, listed.stderr
     (hit,) = json.loads(listed.stdout)
     assert (hit["job_id"], hit["instance_id"]) == (job_id, X86_SPOT_WORKER.instance_id)
-    assert hit["impact"]["verdict"] == "at-risk"
+    assert hit["impact"]["verdict"] == "lost"
     assert any(object_id in reason for reason in hit["impact"]["reasons"])
     shown = spot_responder("ledger", "jobs", job_id, "--ledger", str(ledger))
-    assert "at-risk" in shown.stdout
+    assert "lost" in shown.stdout
     assert object_id[:16] in shown.stdout

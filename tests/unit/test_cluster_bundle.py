@@ -120,7 +120,12 @@ def test_spot_workers_for_both_architectures_on_the_seed_instance_types(config):
         for name, t in workers(config).items()
         if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
     }
-    assert spot == {"x86_spot_worker": "r7i.2xlarge", "arm_spot_worker": "r8g.2xlarge"}
+    assert spot == {
+        "x86_spot_worker": "r7i.2xlarge",
+        "x86_spot_worker_2": "r7i.2xlarge",
+        "arm_spot_worker": "r8g.2xlarge",
+        "arm_spot_worker_2": "r8g.2xlarge",
+    }
     for name in spot:
         options = workers(config)[name]["node_config"]["InstanceMarketOptions"]
         assert options["SpotOptions"] == {
@@ -133,7 +138,9 @@ def test_every_spot_type_has_an_on_demand_fallback_that_starts_empty(config):
     types = workers(config)
     for spot, fallback in [
         ("x86_spot_worker", "x86_ondemand_worker"),
+        ("x86_spot_worker_2", "x86_ondemand_worker"),
         ("arm_spot_worker", "arm_ondemand_worker"),
+        ("arm_spot_worker_2", "arm_ondemand_worker"),
     ]:
         spot_cfg, fallback_cfg = types[spot]["node_config"], types[fallback]["node_config"]
         assert "InstanceMarketOptions" not in fallback_cfg
@@ -180,11 +187,78 @@ def test_network_and_images_come_from_the_flags(tmp_path):
     config = rendered(tmp_path, "--x86-ami", "ami-0123456789abcdef0", "--arm-ami", "ami-0aaa1111")
     for name, node_type in config["available_node_types"].items():
         node = node_type["node_config"]
-        assert node["SubnetIds"] == ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
+        spot = node_type["labels"]["ray.io/market-type"] == "spot"
+        if not spot:
+            assert node["SubnetIds"] == ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
         sg = "sg-0123456789abcdef0" if name == config["head_node_type"] else "sg-0fedcba9876543210"
         assert node["SecurityGroupIds"] == [sg]
         arm = node_type["labels"]["spot-responder/arch"] == "arm64"
         assert node["ImageId"] == ("ami-0aaa1111" if arm else "ami-0123456789abcdef0")
+
+
+def test_each_spot_pool_is_one_type_in_one_subnet_so_a_replacement_can_avoid_it(tmp_path, capsys):
+    answer = tmp_path / "outputs.json"
+    answer.write_text(json.dumps(describe_stacks_answer()))
+    target = tmp_path / "c.yaml"
+    subnets = ["subnet-0123456789abcdef0:us-west-2a", "subnet-0fedcba9876543210:us-west-2b"]
+    flags = [f for subnet in subnets for f in ("--subnet", subnet)]
+    code = render.main(
+        [*NETWORK[:2], *flags, *NETWORK[6:], "--from-outputs", str(answer), "-o", str(target)]
+    )
+    assert code == 0, capsys.readouterr().err
+    types = workers(yaml.safe_load(target.read_text()))
+
+    for pool, subnet, zone in [
+        ("x86_spot_worker", "subnet-0123456789abcdef0", "us-west-2a"),
+        ("x86_spot_worker_2", "subnet-0fedcba9876543210", "us-west-2b"),
+        ("arm_spot_worker", "subnet-0123456789abcdef0", "us-west-2a"),
+        ("arm_spot_worker_2", "subnet-0fedcba9876543210", "us-west-2b"),
+    ]:
+        assert types[pool]["node_config"]["SubnetIds"] == [subnet]
+        assert types[pool]["labels"]["ray.io/availability-zone"] == zone
+        assert types[pool]["labels"]["ray.io/node-group"] == pool
+        assert types[pool]["resources"] == {
+            ("Intel" if pool.startswith("x86") else "Graviton"): 1,
+            pool: 1,
+        }
+
+
+def test_a_zone_for_some_subnets_only_is_refused(tmp_path, capsys):
+    code = render.main(
+        [
+            *("--region", "us-west-2", "--subnet", "subnet-0123456789abcdef0:us-west-2a"),
+            *("--subnet", "subnet-0fedcba9876543210", *NETWORK[6:]),
+            *("--head-instance-profile", HEAD_PROFILE, "--worker-instance-profile", WORKER_PROFILE),
+        ]
+    )
+    assert code == 2
+    assert "zone for every --subnet or for none" in capsys.readouterr().err
+
+
+def test_every_type_has_a_priority_and_spot_outranks_its_on_demand_twin(config):
+    types = workers(config)
+    for name, node_type in types.items():
+        twin = name.replace("spot", "ondemand").removesuffix("_2")
+        if node_type["labels"]["ray.io/market-type"] == "spot":
+            assert node_type["priority"] > types[twin]["priority"], name
+    assert all("priority" in t for t in config["available_node_types"].values())
+
+
+def test_spot_pools_start_empty_so_an_interrupted_pool_is_not_refilled_behind_our_back(config):
+    spot = [t for t in workers(config).values() if t["labels"]["ray.io/market-type"] == "spot"]
+    assert spot
+    assert all(t["min_workers"] == 0 for t in spot)
+
+
+def test_a_prebuilt_image_skips_the_install_and_only_checks_the_ray_version(tmp_path):
+    config = rendered(
+        tmp_path,
+        *("--prebuilt-image", "--x86-ami", "ami-0123456789abcdef0", "--arm-ami", "ami-0aaa1111"),
+    )
+    (check,) = config["setup_commands"]
+    assert "pip" not in check
+    assert "ray.__version__ != '2.60.0'" in check
+    assert check.startswith("/home/ec2-user/ray-venv/bin/python -c")
 
 
 def test_without_ami_flags_nodes_resolve_the_latest_amazon_linux_at_launch(config):
@@ -207,6 +281,11 @@ def test_ray_hooks_is_mounted_and_put_on_the_path_of_the_documents_interpreter(c
     assert "/home/ec2-user/ray-venv/bin/python3 -c" in setup
     assert "spot-responder.pth" in setup
     assert config["head_setup_commands"][-1].endswith('-c "import ray_hooks"')
+
+
+def test_every_worker_gets_ray_hooks_too_so_tasks_can_read_their_nodes_deadline(config):
+    # file_mounts reach every node; the workers put the copy on their interpreter's path
+    assert config["worker_setup_commands"] == config["head_setup_commands"]
 
 
 def test_ray_is_installed_in_the_virtualenv_the_stack_names(config):

@@ -28,16 +28,17 @@ def test_spot_warning_for_a_worker_drains_a_safety_margin_before_termination():
     assert decision.drain_deadline == datetime(2026, 11, 22, 10, 1, 40, tzinfo=UTC)
 
 
-def test_deadline_already_past_is_clamped_to_now():
+def test_late_warning_still_drains_with_its_real_deadline_already_past():
     decision = decide(
         notice("spot-interruption-terminate.json"),
         ray_instance(X86_WORKER),
-        Settings(),
+        Settings(safety_margin_s=20),
         warned=False,
         now=NOW + timedelta(minutes=10),
     )
 
-    assert decision.drain_deadline == NOW + timedelta(minutes=10)
+    assert decision.action is Action.DRAIN
+    assert decision.drain_deadline == datetime(2026, 11, 22, 10, 1, 40, tzinfo=UTC)
 
 
 def test_warning_for_head_node_alerts_and_never_drains():

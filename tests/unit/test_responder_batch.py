@@ -303,7 +303,9 @@ def test_a_worker_that_starts_running_has_its_cluster_reconciled_at_once(
 
     assert response == {"batchItemFailures": []}
     assert [(c, r["operation"]) for c, r in channel.requests] == [("ray-on-aws", "reconcile")]
-    assert report.reconciled == {"ray-on-aws": "1 capacity request(s) released"}
+    assert report.reconciled == {
+        "ray-on-aws": "1 capacity request(s) released, 0 verdict(s) checked"
+    }
     assert ledger.get(f"{X86_WORKER}#state-change:running").status is Status.RECORDED
 
 

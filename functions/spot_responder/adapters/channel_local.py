@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from spot_responder.channel import ChannelUnavailable, ClusterRefused
@@ -16,11 +17,19 @@ EXIT_INVALID_REQUEST = 2
 
 class LocalClusterChannel:
     def __init__(
-        self, ray_address: str, *, python: str = sys.executable, timeout_s: float = 60
+        self,
+        ray_address: str,
+        *,
+        python: str = sys.executable,
+        timeout_s: float = 60,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`env`: set for `ray_hooks` on top of this process's environment (the head's
+        cluster config path, RAY_HOOKS_CLUSTER_CONFIG, on a cluster that is not `ray up`'s)."""
         self.ray_address = ray_address
         self.python = python
         self.timeout_s = timeout_s
+        self.env = dict(env or {})
         self.requests_sent = 0
         self._describing: subprocess.Popen[str] | None = None
 
@@ -68,6 +77,7 @@ class LocalClusterChannel:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
         except OSError as exc:
             raise ChannelUnavailable(f"cannot run ray_hooks: {exc}") from exc

@@ -1,4 +1,9 @@
-"""An InstanceDirectory for a local Ray cluster: node labels stand in for EC2 tags."""
+"""An InstanceDirectory for a local Ray cluster: node labels stand in for EC2 tags.
+
+A dead Ray node still resolves to its cluster, as EC2 still describes a terminated
+instance: `ray_hooks describe` lists the last dead node of an instance no alive node
+plays, and it comes back here in state `terminated`.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class RayLabelDirectory:
                     node_type=node.get("node_group"),
                     private_ip=node.get("ip"),
                     lifecycle=node.get("market_type"),
-                    state="running",
+                    state="terminated" if node.get("state") == "DEAD" else "running",
                 )
                 for node in nodes
                 if node.get("instance_id")

@@ -41,3 +41,38 @@ class SqsRetryDelay:
                 QueueName=name, QueueOwnerAWSAccountId=account
             )["QueueUrl"]
         return self._urls[queue_arn]
+
+
+class SqsDeadLetter:
+    """Move records to the dead-letter queue once no retry can help (past the drain deadline).
+
+    SQS dead-letters a message only after maxReceiveCount receives, which counts receives,
+    not time; the handler sends such a record there itself and lets it be deleted.
+    """
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self._sqs = sqs
+        self.queue_url = queue_url
+
+    def send(self, records: Iterable[dict[str, Any]], reasons: dict[str, str]) -> set[str]:
+        """The message ids that reached the dead-letter queue."""
+        sent = set()
+        for record in records:
+            reason = reasons.get(record["messageId"], "gave up")
+            try:
+                self._sqs.send_message(
+                    QueueUrl=self.queue_url,
+                    MessageBody=record["body"],
+                    MessageAttributes={
+                        "reason": {"DataType": "String", "StringValue": reason[:1000]},
+                        "source_message_id": {
+                            "DataType": "String",
+                            "StringValue": record["messageId"],
+                        },
+                    },
+                )
+            except (ClientError, BotoCoreError) as exc:
+                logger.warning(f"could not dead-letter {record['messageId']}: {exc}")
+                continue
+            sent.add(record["messageId"])
+        return sent

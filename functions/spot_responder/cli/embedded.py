@@ -130,7 +130,7 @@ class EmbeddedRayCluster:
     def shutdown(self) -> None:
         """Disconnect this process's driver from the cluster, end every raylet, clean up."""
         if self._cluster is not None:
-            _disconnect_driver(self.gcs_address)
+            disconnect_driver(self.gcs_address)
             with _ray_address_file_kept():
                 self._cluster.shutdown()
             self._cluster = None
@@ -210,7 +210,8 @@ def _ray_address_file_kept() -> Iterator[None]:
                 path.parent.rmdir()  # only if nothing else has put files there meanwhile
 
 
-def _disconnect_driver(gcs_address: str) -> None:
+def disconnect_driver(gcs_address: str) -> None:
+    """End this process's driver connection to the cluster at `gcs_address`, if any."""
     import ray
 
     if ray.is_initialized() and ray.get_runtime_context().gcs_address == gcs_address:

@@ -71,10 +71,16 @@ def ledger_table(entries: list[LedgerEntry]) -> str:
     return "\n".join(lines) if entries else "the ledger is empty"
 
 
+def _outcome(impact: dict[str, Any]) -> str:
+    """What really happened to the job once the node was gone; "-" until reconcile saw it."""
+    outcome = impact.get("outcome")
+    return str(outcome.get("outcome") or "-") if isinstance(outcome, dict) else "-"
+
+
 def jobs_table(hits: list[JobHit]) -> str:
     lines = [
         f"{'CLUSTER':<14} {'JOB':<10} {'RECORDED':<20} {'INSTANCE':<21} {'STATUS':<17} "
-        f"{'VERDICT':<13} WORK"
+        f"{'VERDICT':<13} {'OUTCOME':<10} WORK"
     ]
     for hit in hits:
         impact = hit.impact
@@ -95,7 +101,7 @@ def jobs_table(hits: list[JobHit]) -> str:
         lines.append(
             f"{hit.cluster[:14]:<14} {hit.job_id:<10} {hit.recorded_at[:19]:<20} "
             f"{hit.instance_id or '-':<21} {hit.status:<17} {impact.get('verdict') or '-':<13} "
-            f"{work}"
+            f"{_outcome(impact):<10} {work}"
         )
         if impact.get("reasons"):
             lines.append(f"{'':<14} └ {_first_reason(impact)}")

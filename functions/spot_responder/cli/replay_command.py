@@ -7,8 +7,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +33,86 @@ def run(args: argparse.Namespace, channel: LocalClusterChannel | None = None) ->
     except (ReplayInputError, SettingsError) as exc:
         print(f"spot-responder: {exc}", file=sys.stderr)
         return 2
-    with _cluster(args.ray_address, quiet=args.json) as address:
-        started = time.monotonic()
-        try:
-            report = replay(
-                batch, channel or LocalClusterChannel(address), args.ledger, settings, args
-            )
-        except LedgerUnavailable as exc:
-            print(f"spot-responder: {exc}", file=sys.stderr)
-            return 2
-        elapsed = time.monotonic() - started
+    if not args.ray_address:
+        return run_demo(args, settings)
+    started = time.monotonic()
+    try:
+        report = replay(
+            batch, channel or LocalClusterChannel(args.ray_address), args.ledger, settings, args
+        )
+    except LedgerUnavailable as exc:
+        print(f"spot-responder: {exc}", file=sys.stderr)
+        return 2
+    _show(report, args, elapsed_s=time.monotonic() - started)
+    return _exit_code(report)
+
+
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """No cluster given: the whole story on a local cluster with the real autoscaler."""
+    from spot_responder.cli import demo
+
+    out = story_out(args)
+    story = demo.Story(say=lambda line: print(line, file=out, flush=True))
+    cluster, plays = demo.start(story)
+    try:
+        with cluster:
+            prepared, termination = demo.prepare(cluster, plays, story)
+            try:
+                report = _demo_story(args, settings, prepared, termination, story)
+            finally:
+                prepared.workload.end()
+                story.tell("tearing the local cluster down")
+    except LedgerUnavailable as exc:
+        print(f"spot-responder: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([render.notice_json(n) for n in render.in_record_order(report)], indent=2))
-    else:
-        print(render.replay_table(report, elapsed_s=elapsed, ledger=args.ledger))
+    return _exit_code(report)
+
+
+def _demo_story(
+    args: argparse.Namespace, settings: Settings, prepared: Any, termination: float, story: Any
+) -> BatchReport:
+    """The replay, then (when it drained the warned node) the join, the kill, the release."""
+    from spot_responder.cli import demo
+
+    cluster = prepared.cluster
+    channel = LocalClusterChannel(
+        cluster.address, env={"RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path}
+    )
+    batch = demo.demo_batch(args.events, prepared.plays, termination)
+    story.tell(f"replaying {len(batch['Records'])} event(s) through the Lambda's code")
+    started, asked_at = time.monotonic(), time.time()
+    report = replay(batch, channel, args.ledger, settings, args, retime=False)
+    _show(report, args, elapsed_s=time.monotonic() - started, out=story_out(args))
+    if not any(item.entry.ray_node_id == prepared.warned.node_id for item in report.notices):
+        return report
+    demo.follow(prepared, termination, asked_at, story)
+    story.tell("replaying EC2's `terminated` state change for the instance")
+    gone = demo.terminated_batch(prepared.plays[demo.WARNED_INSTANCE])
+    after = replay(gone, channel, args.ledger, settings, args, retime=False)
+    for cluster_name, outcome in after.reconciled.items():
+        story.tell(f"cluster {cluster_name} reconciled: {outcome}")
+    demo.finish_work(prepared, story)
+    return report
+
+
+def story_out(args: argparse.Namespace) -> Any:
+    """Where the demo tells its story: stdout, or stderr when stdout carries --json."""
+    return sys.stderr if args.json else sys.stdout
+
+
+def _show(
+    report: BatchReport, args: argparse.Namespace, *, elapsed_s: float, out: Any = None
+) -> None:
+    if not args.json:
+        table = render.replay_table(report, elapsed_s=elapsed_s, ledger=args.ledger)
+        print(table, file=out or sys.stdout, flush=True)
+    elif out is None:
+        print(json.dumps([render.notice_json(n) for n in render.in_record_order(report)], indent=2))
+
+
+def _exit_code(report: BatchReport) -> int:
     failed = [m for m, s in report.statuses.items() if s is not RecordStatus.HANDLED]
     return 1 if failed else 0
 
@@ -58,6 +123,8 @@ def replay(
     ledger_path: Path,
     settings: Settings,
     args: argparse.Namespace,
+    *,
+    retime: bool | None = None,
 ) -> BatchReport:
     ledger = SqliteLedger(ledger_path)
     try:
@@ -67,7 +134,8 @@ def replay(
             ledger=ledger,
             settings=settings,
         )
-        _, report = respond(batch, None, responder, retime=not args.keep_time)
+        moved = not args.keep_time if retime is None else retime
+        _, report = respond(batch, None, responder, retime=moved)
         return report
     finally:
         ledger.close()
@@ -104,25 +172,3 @@ def _sqs_record(body: str) -> dict[str, Any]:
         "eventSourceARN": "arn:aws:sqs:local:000000000000:spot-responder-replay",
         "awsRegion": "local",
     }
-
-
-@contextmanager
-def _cluster(address: str | None, *, quiet: bool) -> Iterator[str]:
-    if address:
-        yield address
-        return
-    from spot_responder.cli.embedded import EmbeddedRayCluster, start_sample_workload
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr)
-
-    say("starting an embedded local Ray cluster (head + 2 spot workers)...")
-    with EmbeddedRayCluster() as cluster:
-        workload = start_sample_workload(cluster.address)
-        say(f"cluster up at {cluster.address}; sample workload running; replaying...")
-        try:
-            yield cluster.address
-        finally:
-            del workload
-            say("tearing the embedded cluster down")

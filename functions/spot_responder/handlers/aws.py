@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from spot_responder.adapters.channel_ssm import SsmClusterChannel
 from spot_responder.adapters.instances_ec2 import Ec2Directory
 from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
-from spot_responder.adapters.retry_sqs import SqsRetryDelay
+from spot_responder.adapters.retry_sqs import SqsDeadLetter, SqsRetryDelay
 from spot_responder.settings import Settings
+
+# No call may hang on the SDK's 60 s defaults inside a 40 s function: short connect and
+# read timeouts, and adaptive retries (client-side rate limiting on throttling) with few
+# attempts, since the budget, not the SDK, decides how long a notice may wait.
+# Every cluster call of a batch runs in its own thread: one connection each.
+CLIENT_CONFIG = Config(
+    connect_timeout=3,
+    read_timeout=8,
+    retries={"mode": "adaptive", "total_max_attempts": 3},
+    max_pool_connections=64,
+)
+
+
+def client(service: str) -> Any:
+    return boto3.client(service, config=CLIENT_CONFIG)  # type: ignore[call-overload]
 
 
 @lru_cache(maxsize=1)
@@ -20,7 +37,7 @@ def settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def directory() -> Ec2Directory:
-    return Ec2Directory(boto3.client("ec2"))
+    return Ec2Directory(client("ec2"))
 
 
 @lru_cache(maxsize=1)
@@ -29,7 +46,7 @@ def channel() -> SsmClusterChannel:
     if not document:
         raise RuntimeError("RESPOND_DOCUMENT must be set")
     return SsmClusterChannel(
-        boto3.client("ssm"), directory(), document, timeout_s=settings().command_timeout_s
+        client("ssm"), directory(), document, timeout_s=settings().command_timeout_s
     )
 
 
@@ -38,15 +55,21 @@ def ledger() -> DynamoDbLedger:
     table = settings().ledger_table
     if not table:
         raise RuntimeError("LEDGER_TABLE must be set")
-    return DynamoDbLedger(boto3.resource("dynamodb").Table(table))
+    return DynamoDbLedger(boto3.resource("dynamodb", config=CLIENT_CONFIG).Table(table))
 
 
 @lru_cache(maxsize=1)
 def retry_delay() -> SqsRetryDelay:
-    return SqsRetryDelay(boto3.client("sqs"), settings().retry_delay_s)
+    return SqsRetryDelay(client("sqs"), settings().retry_delay_s)
+
+
+@lru_cache(maxsize=1)
+def dead_letter() -> SqsDeadLetter | None:
+    url = settings().dead_letter_queue_url
+    return SqsDeadLetter(client("sqs"), url) if url else None
 
 
 def clear() -> None:
     """Forget what was built (tests that change the environment)."""
-    for factory in (settings, directory, channel, ledger, retry_delay):
+    for factory in (settings, directory, channel, ledger, retry_delay, dead_letter):
         factory.cache_clear()

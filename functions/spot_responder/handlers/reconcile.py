@@ -17,7 +17,9 @@ from spot_responder.reconcile import reconcile
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    report = reconcile(aws.directory().clusters_with_heads(), aws.channel(), aws.settings())
+    report = reconcile(
+        aws.directory().clusters_with_heads(), aws.channel(), aws.settings(), aws.ledger()
+    )
     for item in report.clusters:
         if item.error:
             logger.warning(f"reconcile failed on {item.cluster}: {item.error}")

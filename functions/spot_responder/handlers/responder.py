@@ -14,7 +14,8 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spot_responder.adapters.retry_sqs import SqsRetryDelay
+from spot_responder.adapters.retry_sqs import SqsDeadLetter, SqsRetryDelay
+from spot_responder.budget import Budget
 from spot_responder.handlers import aws
 from spot_responder.ledger import Status, parse_iso
 from spot_responder.observability import logger, metrics, tracer
@@ -46,9 +47,14 @@ def lambda_handler(
     context: LambdaContext,
     responder: Responder | None = None,
     retry_delay: SqsRetryDelay | None = None,
+    dead_letter: SqsDeadLetter | None = None,
 ) -> dict[str, Any]:
     response, _ = respond(
-        event, context, responder or aws_responder(), retry_delay=retry_delay or aws.retry_delay()
+        event,
+        context,
+        responder or aws_responder(),
+        retry_delay=retry_delay or aws.retry_delay(),
+        dead_letter=dead_letter or aws.dead_letter(),
     )
     return response
 
@@ -60,6 +66,7 @@ def respond(
     *,
     retime: bool = False,
     retry_delay: SqsRetryDelay | None = None,
+    dead_letter: SqsDeadLetter | None = None,
 ) -> tuple[dict[str, Any], BatchReport]:
     """The whole handler, also used by the local replay."""
     records = [
@@ -70,7 +77,10 @@ def respond(
         )
         for record in SQSEvent(event).records
     ]
-    report = responder.handle(records, retime=retime)
+    budget = None if context is None else Budget.of(context)
+    report = responder.handle(records, retime=retime, budget=budget)
+    if dead_letter is not None:
+        _dead_letter(event, report, dead_letter)
     _log_and_measure(report)
 
     def settle(record: SQSRecord) -> None:
@@ -84,6 +94,16 @@ def respond(
         failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
         retry_delay.schedule(r for r in event["Records"] if r["messageId"] in failed)
     return dict(response), report
+
+
+def _dead_letter(event: dict[str, Any], report: BatchReport, dead_letter: SqsDeadLetter) -> None:
+    """Records given up on go to the dead-letter queue; one that cannot is retried."""
+    wanted = set(report.to_dead_letter())
+    if not wanted:
+        return
+    records = [r for r in event["Records"] if r["messageId"] in wanted]
+    for message_id in wanted - dead_letter.send(records, report.reasons):
+        report.statuses[message_id] = RecordStatus.RETRY
 
 
 COUNTERS = {
