@@ -29,6 +29,8 @@ from tests.scenarios.workload import Survivor, hold, near
 #: Big enough to live in the object store, not inlined in the owner's memory.
 OBJECT_BYTES = 300_000
 COLLECT_S = 75.0
+#: Worker processes start slowly on a machine shared with other people's clusters.
+READY_S = 200.0
 
 
 class Keeper:
@@ -185,6 +187,9 @@ def answer(actor: Any, deadline: float) -> None:
         try:
             ray.get(actor.node.remote(), timeout=10)
             return
+        except ray.exceptions.GetTimeoutError:
+            if time.monotonic() > deadline:  # slow on a busy machine: ask again
+                raise
         except ray.exceptions.RayActorError:
             dead = actors(actor._actor_id.hex()).get("State") == "DEAD"
             if dead or time.monotonic() > deadline:
@@ -203,7 +208,7 @@ def main(argv: list[str]) -> int:
     gate = ray.get_actor(spec["gate"], namespace=spec["namespace"])
     placed = [place(item, spec, gate, index) for index, item in enumerate(spec["items"])]
     expected = running_tasks(spec["items"])
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + READY_S
     while ray.get(gate.count_prefix.remote(f"{spec['round']}-{spec['job']}-")) < expected:
         if time.monotonic() > deadline:
             raise TimeoutError("the job's tasks never all started")

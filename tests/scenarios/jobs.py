@@ -136,7 +136,7 @@ def play(
     drivers = _start_drivers(cluster, spare, plan, number, gate_name, logs)
     try:
         for job, driver in drivers:
-            if driver.wait_lines(1, 180):
+            if driver.wait_lines(1, 240):
                 job.job_id = driver.lines[0]["job_id"]
             else:
                 job.setup_error = f"driver never got ready ({driver.why()})"

@@ -230,8 +230,8 @@ def actor_outcomes(
             try:
                 ray.get(handles[key].node.remote(), timeout=10)
                 answers = True
-            except ray.exceptions.RayActorError:
-                time.sleep(0.5)  # the caller may not know of the restart yet
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                time.sleep(0.5)  # the caller may not know of the restart yet, or it is slow
         outcomes[key] = ActorOutcome(
             actor.state,
             int(actor.num_restarts),
