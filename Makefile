@@ -76,3 +76,10 @@ bench-work-saved: $(STAMP)
 .PHONY: bench-deadline
 bench-deadline: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_deadline
+
+## Benchmark: >= 200 randomized jobs on spot workers that are warned and killed: the responder's
+## verdict per job (will-recover / at-risk / lost) against what Ray then really did; seeded
+## (`make bench-verdicts ARGS="--seed 7 --count 300"`; not part of `make test`; ~20-30 min).
+.PHONY: bench-verdicts
+bench-verdicts: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_verdicts $(ARGS)
