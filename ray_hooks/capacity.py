@@ -87,6 +87,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from ray_hooks import compat
 from ray_hooks.contract import CONTRACT_VERSION, InvalidRequest, RespondResponse, parse_envelope
 from ray_hooks.replacement import (
     Interrupted,
@@ -537,9 +538,7 @@ def _send(gcs: Kv, outstanding: Sequence[CapacityRequest]) -> None:
     ]
     try:
         if _autoscaler_v2(gcs):
-            from ray.autoscaler.v2.sdk import request_cluster_resources
-
-            request_cluster_resources(gcs.address, demand, timeout=int(_RPC_TIMEOUT_S))
+            compat.request_cluster_resources(gcs, demand)
         else:
             bundles = json.dumps([item["resources"] for item in demand]).encode()
             gcs.internal_kv_put(_V1_REQUEST_KEY, bundles, True, None, _RPC_TIMEOUT_S)

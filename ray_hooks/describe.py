@@ -2,6 +2,9 @@
 
 On a laptop this stands in for the EC2 tags: it tells which instance id each Ray node
 plays, so local replay can resolve the instance ids used in the sample events.
+
+It also says what ray_hooks can do with the cluster's Ray (`ray_support`): the supported
+range (`compat.supported_range()`), and what is missing or degraded on this Ray.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from ray_hooks.cluster import ray_version
-from ray_hooks.contract import DescribedNode, DescribeResponse
+from ray_hooks.compat import probe
+from ray_hooks.contract import DescribedNode, DescribeResponse, JsonObject
 from ray_hooks.nodes import list_nodes
 
 
@@ -34,3 +38,10 @@ def describe(gcs: Any) -> DescribeResponse:
             for node in nodes
         ),
     )
+
+
+def describe_document(gcs: Any) -> JsonObject:
+    """The describe response with `ray_support`: the supported range and this Ray's gaps."""
+    document = describe(gcs).to_json()
+    document["ray_support"] = probe().to_json()
+    return document

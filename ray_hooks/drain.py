@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from ray_hooks import compat
 from ray_hooks.cluster import ClusterUnreachable
 from ray_hooks.contract import format_timestamp
 from ray_hooks.nodes import DRAINING, RayNode
@@ -90,14 +91,10 @@ def drain_node(
 def _issue(
     gcs: NodeDrainer, node_id: str, reason_message: str, deadline: datetime | None
 ) -> tuple[bool, str]:
-    from ray.core.generated import autoscaler_pb2
-
-    reasons = autoscaler_pb2.DrainNodeReason  # type: ignore[attr-defined]  # generated, no stub
-    reason = int(reasons.Value("DRAIN_NODE_REASON_PREEMPTION"))
     deadline_ms = 0 if deadline is None else int(deadline.timestamp() * 1000)
     try:
-        accepted, rejection = gcs.drain_node(
-            node_id, reason, reason_message, deadline_ms, timeout=_RPC_TIMEOUT_S
+        accepted, rejection = compat.drain(
+            gcs, node_id, reason_message, deadline_ms, _RPC_TIMEOUT_S
         )
     except Exception as exc:  # ray.exceptions.RpcError and friends
         raise ClusterUnreachable(f"drain of node {node_id} failed: {exc}") from exc

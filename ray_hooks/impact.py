@@ -27,6 +27,7 @@ from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ray_hooks import compat
 from ray_hooks.contract import MAX_LISTED_ITEMS, ActorSummary, JobImpact, TaskSummary
 from ray_hooks.objects import Raylet, objects_on_nodes
 from ray_hooks.verdict import (
@@ -61,10 +62,16 @@ def node_impacts(
     """For each node: one JobImpact per Ray job with work on it, jobs in id order."""
     if not node_ids:
         return {}
+    support = compat.probe()
+    if compat.IMPACT in support.degraded:
+        raise ImpactUnavailable(support.degraded[compat.IMPACT])
     raylets = alive_raylets(gcs)
+    objects_gap = support.degraded.get(compat.OBJECTS)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="impact") as pool:
         tasks_query = pool.submit(running_tasks, address, node_ids)
-        objects_query = pool.submit(objects_on_nodes, raylets, node_ids)
+        objects_query = pool.submit(
+            _no_objects if objects_gap else objects_on_nodes, raylets, node_ids
+        )
         actors = alive_actors(gcs, node_ids)
         tasks = tasks_query.result()
         try:
@@ -72,6 +79,8 @@ def node_impacts(
         except Exception as exc:  # ObjectsUnavailable, grpc errors: the rest still stands
             log.warning("objects on the node unknown: %s", exc)
             objects, objects_unknown = {}, " ".join(str(exc).split())[:200]
+        if objects_gap:
+            objects_unknown = objects_gap[:200]
     return {
         node_id: _per_job(
             tasks.get(node_id, {}),
@@ -81,6 +90,11 @@ def node_impacts(
         )
         for node_id in node_ids
     }
+
+
+def _no_objects(raylets: Collection[Raylet], node_ids: Collection[str]) -> dict[str, Any]:
+    """This Ray's object-id layout is not known: its objects are not classified."""
+    return {}
 
 
 def running_tasks(

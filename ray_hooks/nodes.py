@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from ray_hooks import compat
 from ray_hooks.contract import NodeSummary
 
 INSTANCE_ID_LABEL = "spot-responder/instance-id"
@@ -70,7 +71,7 @@ class NodeMatch:
 
 def list_nodes(gcs: NodeTable, timeout_s: float = 10.0) -> tuple[RayNode, ...]:
     """Every node the GCS knows, alive or dead, with its drain state."""
-    draining = dict(gcs.get_draining_nodes(timeout=timeout_s))
+    draining = compat.draining_nodes(gcs, timeout_s)
     infos = gcs.get_all_node_info(timeout=timeout_s)
     return tuple(node_from_info(info, draining) for info in infos.values())
 
