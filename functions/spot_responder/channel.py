@@ -26,3 +26,8 @@ class ClusterChannel(Protocol):
     def call(self, cluster: str, request: dict[str, Any]) -> dict[str, Any]:
         """Run any operation of the contract; the head node's JSON answer as is."""
         ...
+
+
+class UnsupportedRay(ClusterRefused):
+    """The head node's Ray is outside ray_hooks' supported range (exit code 4,
+    `unsupported-ray`): recorded as rejected and alarmed, never retried."""

@@ -12,11 +12,17 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from spot_responder.adapters.instances_ec2 import Ec2Directory
-from spot_responder.channel import ChannelUnavailable, ClusterRefused
-from spot_responder.contract import ClusterResponse, ContractError, parse_response
+from spot_responder.channel import ChannelUnavailable, ClusterRefused, UnsupportedRay
+from spot_responder.contract import (
+    ClusterResponse,
+    ContractError,
+    parse_response,
+    unsupported_ray,
+)
 from spot_responder.instances import DirectoryUnavailable
 
 EXIT_INVALID_REQUEST = 2
+EXIT_UNSUPPORTED_RAY = 4
 TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"}
 # SSM returns at most 24,000 characters of a command's output. A result without its job
 # impacts is about 600 characters and ray_hooks trims the impacts to fit, so a command
@@ -125,6 +131,8 @@ class SsmClusterChannel:
         code = invocation.get("ResponseCode")
         if code == EXIT_INVALID_REQUEST:
             raise ClusterRefused(f"head node refused the request: {output.strip()[:300]}")
+        if code == EXIT_UNSUPPORTED_RAY:
+            raise UnsupportedRay(_unsupported(output))
         if invocation.get("Status") != "Success":
             detail = (invocation.get("StandardErrorContent") or output).strip()[-300:]
             raise ChannelUnavailable(
@@ -137,3 +145,11 @@ class SsmClusterChannel:
         if not isinstance(answer, dict):
             raise ChannelUnavailable("unreadable answer from the head node: not an object")
         return answer
+
+
+def _unsupported(output: str) -> str:
+    try:
+        reason = unsupported_ray(json.loads(output))
+    except json.JSONDecodeError:
+        reason = None
+    return reason or f"unsupported-ray: {output.strip()[:280]}"

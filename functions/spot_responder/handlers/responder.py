@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spot_responder.adapters.retry_sqs import SqsRetryDelay
+from spot_responder.contract import UNSUPPORTED_RAY
 from spot_responder.handlers import aws
 from spot_responder.ledger import Status, parse_iso
 from spot_responder.observability import logger, metrics, tracer
@@ -108,6 +109,8 @@ def _log_and_measure(report: BatchReport) -> None:
         metrics.add_metric("Notices", MetricUnit.Count, 1)
         if entry.status in COUNTERS:
             metrics.add_metric(COUNTERS[entry.status], MetricUnit.Count, 1)
+        if entry.status is Status.REJECTED and entry.reason.startswith(UNSUPPORTED_RAY):
+            metrics.add_metric("UnsupportedRay", MetricUnit.Count, 1)
         metrics.add_metric("ImpactedJobs", MetricUnit.Count, len(entry.impacted_jobs))
         if entry.replacement and entry.replacement.get("status") == "requested":
             metrics.add_metric("ReplacementsRequested", MetricUnit.Count, 1)
