@@ -7,8 +7,8 @@ and names what works, what is degraded and what is missing. The drain is the one
 must work: without it the answer is `unsupported-ray`, naming the version and the feature.
 The impact and the capacity request degrade on their own.
 
-Every Ray-internal call ray_hooks relies on, and where it exists (measured on Ray 2.47.0,
-2.50.0, 2.53.0, 2.55.0, 2.57.0, 2.59.0 and 2.60.0; see tests/ray_versions/README.md):
+Every Ray-internal call ray_hooks relies on, and where it exists (read in the wheels of Ray
+2.47.0 to 2.60.0, measured on real clusters: tests/ray_versions/README.md):
 
 - `ray._raylet.GcsClient(address=)`; from 2.x a wrapper whose methods are those of
   `ray._raylet.InnerGcsClient` (compiled, with the signature in each method's docstring).
@@ -53,12 +53,13 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: The oldest Ray on which the drain was measured to work (tests/ray_versions/README.md).
-MIN_RAY = (2, 47, 0)
+#: The oldest Ray on which drain, impact and capacity were measured (tests/ray_versions/
+#: README.md); older ones are refused, even where the probes pass: nothing there was measured.
+MIN_RAY = (2, 50, 0)
 #: The newest Ray measured; a newer one runs if the probes pass.
 MAX_TESTED_RAY = (2, 60, 0)
 #: Ray versions whose object-id layout was measured (see the module docstring).
-OBJECT_ID_LAYOUT_RANGE = ((2, 47, 0), (2, 60, 0))
+OBJECT_ID_LAYOUT_RANGE = ((2, 50, 0), (2, 60, 0))
 
 UNSUPPORTED_RAY = "unsupported-ray"
 IMPACT = "impact"
@@ -162,7 +163,7 @@ def _drain_gaps(version: str, client: Any, draining_from_client: bool) -> list[s
     missing = []
     parsed = parse_version(version)
     if parsed is not None and parsed < MIN_RAY:
-        missing.append(f"Ray older than {_dotted(MIN_RAY)}, the oldest measured to drain")
+        missing.append(f"Ray older than {_dotted(MIN_RAY)}, the oldest measured")
     if _parameters(client, "drain_node") is None:
         missing.append("GcsClient.drain_node")
     if not _has_preemption_reason():

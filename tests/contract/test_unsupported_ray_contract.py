@@ -27,7 +27,7 @@ EXAMPLE = json.loads((HERE / "unsupported-ray.response.json").read_text())
 
 
 def old_ray() -> compat.Support:
-    """What probe() finds on Ray 2.46.0 (measured: tests/ray_versions/README.md)."""
+    """What probe() finds on Ray 2.47.0 (measured: tests/ray_versions/README.md)."""
     return compat.Support(ray_version=EXAMPLE["ray_version"], missing=tuple(EXAMPLE["missing"]))
 
 
@@ -69,7 +69,7 @@ def test_lambda_reads_the_example_as_a_refusal_naming_version_and_feature() -> N
     reason = unsupported_ray(EXAMPLE)
 
     assert reason is not None
-    assert reason.startswith("unsupported-ray: Ray 2.46.0")
+    assert reason.startswith("unsupported-ray: Ray 2.47.0")
     assert EXAMPLE["missing"][0] in reason
     assert unsupported_ray({"version": 1, "error": "cluster unreachable"}) is None
 
@@ -90,14 +90,14 @@ def test_local_channel_raises_unsupported_ray_a_refusal_not_a_retry(tmp_path: Pa
 
     # THEN it is a ClusterRefused (recorded as rejected, not retried) naming the version
     assert isinstance(raised.value, ClusterRefused)
-    assert "Ray 2.46.0" in str(raised.value)
+    assert "Ray 2.47.0" in str(raised.value)
 
 
 def test_the_real_cli_prints_one_line_for_exit_4() -> None:
     """The document's stdout is one JSON line whatever the exit code."""
     code = (
         "import sys, json; from ray_hooks import compat; import ray_hooks.__main__ as m\n"
-        f"compat.probe = lambda: compat.Support('2.46.0', ({EXAMPLE['missing'][0]!r},))\n"
+        f"compat.probe = lambda: compat.Support('2.47.0', ({EXAMPLE['missing'][0]!r},))\n"
         "sys.exit(m.main(['respond', '--address', '127.0.0.1:1']))\n"
     )
     done = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -69,9 +70,9 @@ def test_draining_nodes_from_a_set_have_no_deadline() -> None:
 
 
 def test_a_ray_older_than_the_range_is_refused_with_the_version_named() -> None:
-    support = compat.Support("2.46.0", missing=("Ray older than 2.47.0",))
+    support = compat.Support("2.47.0", missing=("Ray older than 2.50.0",))
 
-    with pytest.raises(compat.UnsupportedRay, match=r"Ray 2\.46\.0 .*older than 2\.47\.0"):
+    with pytest.raises(compat.UnsupportedRay, match=r"Ray 2\.47\.0 .*older than 2\.50\.0"):
         support.require()
 
 
@@ -88,3 +89,12 @@ def test_the_installed_ray_is_supported_with_nothing_missing() -> None:
 )
 def test_versions_are_compared_as_numbers(version: str, parsed: Any) -> None:
     assert compat.parse_version(version) == parsed
+
+
+def test_ci_runs_the_ray_side_tests_on_the_oldest_supported_ray() -> None:
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    (oldest,) = re.findall(r"^RAY_OLDEST \?= (\S+)$", makefile, flags=re.MULTILINE)
+
+    assert compat.parse_version(oldest) == compat.MIN_RAY
