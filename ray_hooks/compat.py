@@ -34,10 +34,12 @@ Every Ray-internal call ray_hooks relies on, and where it exists (read in the wh
   counts, timeout_s=)` from 2.60; `(bundles, counts, timeout_s=)` before it (no label
   selectors: a request then steers by the node type's marker resource only). v1: the
   internal KV key `autoscaler_resource_request`.
-- Token authentication (2.59+): `ray._private.authentication.authentication_token_setup.
-  maybe_enable_token_auth_if_token_available`, what `ray start --head` and `ray.init()` on
-  a local cluster call: with a token in `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or
-  `~/.ray/auth_token` (of the Ray user) the GCS client sends it.
+- Token authentication: `ray._private.authentication.authentication_token_setup.
+  maybe_enable_token_auth_if_token_available` (2.59+), what `ray start --head` and
+  `ray.init()` on a local cluster call: with a token in `RAY_AUTH_TOKEN`,
+  `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token` (of the Ray user) the GCS client sends it.
+  Ray 2.55 to 2.58 have token auth only by `RAY_AUTH_MODE=token` (not set under the SSM
+  Agent), and no such function: there a token-auth cluster is not reached.
 """
 
 from __future__ import annotations
@@ -262,9 +264,10 @@ def enable_token_auth_if_token_available() -> bool:
     without token auth (before 2.59) has nothing to do.
     """
     setup = _token_setup()
-    if setup is None:
+    enable = getattr(setup, "maybe_enable_token_auth_if_token_available", None)
+    if enable is None:  # before 2.59 token mode is only what RAY_AUTH_MODE says
         return False
-    enabled = bool(setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+    enabled = bool(enable(warn_if_disabled=False))
     log.debug("token authentication %s", "on" if enabled else "off (no token found)")
     return enabled
 
