@@ -32,7 +32,7 @@ RAY_SIDE_TESTS = tests/unit/test_ray_compat.py tests/integration/test_ray_hooks_
 test-ray-oldest:
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/pip install --quiet "ray[default]==$(RAY_OLDEST)" PyYAML \
-		pytest==9.2.0 pytest-timeout==2.4.0 hypothesis==6.155.2
+		-r functions/requirements.txt pytest==9.2.0 pytest-timeout==2.4.0 hypothesis==6.155.2
 	PYTHONPATH=functions:. $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(RAY_SIDE_TESTS)
 
 unit: $(STAMP)
