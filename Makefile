@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install replay test unit lint typecheck validate stack pr clean
+.PHONY: install replay test unit lint typecheck validate stack pr clean test-ray-oldest
 
 $(STAMP): requirements.txt functions/requirements.txt ray_hooks/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ replay: $(STAMP)
 ## The whole test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## The Ray-side integration tests again on the oldest Ray ray_hooks supports
+## (ray_hooks/compat.py MIN_RAY), in a virtualenv of their own; `make test` covers the newest.
+RAY_OLDEST ?= 2.50.0
+OLDEST_VENV = $(VENV)-ray-$(RAY_OLDEST)
+RAY_SIDE_TESTS = tests/unit/test_ray_compat.py tests/integration/test_ray_hooks_respond.py \
+	tests/integration/test_impact_verdicts.py
+test-ray-oldest:
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --quiet "ray[default]==$(RAY_OLDEST)" PyYAML \
+		-r functions/requirements.txt pytest==9.2.0 pytest-timeout==2.4.0 hypothesis==6.155.2
+	PYTHONPATH=functions:. $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(RAY_SIDE_TESTS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/contract

@@ -7,7 +7,8 @@
 `respond` and `reconcile` read the request from stdin, or base64 from the environment
 variable VAR (what the SSM document does). The address is --address, else $RAY_ADDRESS,
 else the local cluster. Exit codes: 0 response printed, 2 invalid request, 3 Ray cluster
-unreachable.
+unreachable, 4 this Ray is not supported (outcome `unsupported-ray`: the version and the
+missing features; retrying cannot help).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from contextlib import contextmanager  # noqa: E402
 from typing import Any, NoReturn, TextIO  # noqa: E402
 
 from ray_hooks.cluster import ClusterUnreachable, connect, resolve_address  # noqa: E402
+from ray_hooks.compat import UnsupportedRay, unsupported_ray_document  # noqa: E402
 from ray_hooks.contract import (  # noqa: E402
     InvalidRequest,
     JsonObject,
@@ -42,6 +44,7 @@ log = logging.getLogger("ray_hooks")
 EXIT_OK = 0
 EXIT_INVALID_REQUEST = 2
 EXIT_CLUSTER_UNREACHABLE = 3
+EXIT_UNSUPPORTED_RAY = 4
 MAX_REQUEST_CHARS = 1_000_000
 #: Added to the process's niceness once its drains and capacity requests are out.
 ANALYSIS_NICENESS = 10
@@ -100,6 +103,9 @@ def _run(argv: Sequence[str] | None) -> tuple[int, JsonObject]:
     except InvalidRequest as exc:
         log.error("invalid request: %s", exc)
         return EXIT_INVALID_REQUEST, error_document(str(exc))
+    except UnsupportedRay as exc:
+        log.error("%s", exc)
+        return EXIT_UNSUPPORTED_RAY, unsupported_ray_document(exc)
     except ClusterUnreachable as exc:
         log.error("Ray cluster unreachable: %s", exc)
         return EXIT_CLUSTER_UNREACHABLE, error_document(str(exc))
@@ -134,6 +140,7 @@ def _respond(request: RespondRequest, address_flag: str | None, text: str) -> Js
         len(request.notices),
         request.cluster,
     )
+    _require_supported_ray()
     address = resolve_address(address_flag)
     response = respond(
         request,
@@ -168,6 +175,7 @@ def _reconcile(text: str, address_flag: str | None) -> JsonObject:
 
     request = parse_reconcile_request(text)
     log.info("request %s: reconcile capacity of cluster %s", request.request_id, request.cluster)
+    _require_supported_ray()
     address = resolve_address(address_flag)
     gcs = connect(address)
     try:
@@ -189,10 +197,17 @@ def _verdict_outcomes(gcs: object, address: str, settle: Callable[..., Any]) -> 
 
 
 def _describe(address_flag: str | None) -> JsonObject:
-    from ray_hooks.describe import describe
+    from ray_hooks.describe import describe_document
 
     address = resolve_address(address_flag)
-    return describe(connect(address)).to_json()
+    return describe_document(connect(address))
+
+
+def _require_supported_ray() -> None:
+    """Before Ray is touched: refuse a Ray whose drain ray_hooks cannot do (exit 4)."""
+    from ray_hooks.compat import probe
+
+    probe().require()
 
 
 @contextmanager

@@ -40,7 +40,10 @@ def connect(address: str) -> Any:
     _configure_fast_failure()
     from ray._raylet import GcsClient  # type: ignore[attr-defined]  # not in Ray's stub
 
+    from ray_hooks.compat import enable_token_auth_if_token_available
+
     try:
+        enable_token_auth_if_token_available()
         return GcsClient(address=address)
     except Exception as exc:
         raise ClusterUnreachable(f"cannot connect to the Ray GCS at {address}: {exc}") from exc

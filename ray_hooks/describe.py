@@ -5,6 +5,9 @@ plays, so local replay can resolve the instance ids used in the sample events. L
 which still describes a terminated instance (with its tags) for about an hour, it also
 lists the last dead node of an instance that no alive node plays (state DEAD), as long as
 the GCS remembers it: a `terminated` state change then still finds its cluster.
+
+It also says what ray_hooks can do with the cluster's Ray (`ray_support`): the supported
+range (`compat.supported_range()`), and what is missing or degraded on this Ray.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from ray_hooks.cluster import ray_version
-from ray_hooks.contract import DescribedNode, DescribeResponse
+from ray_hooks.compat import probe
+from ray_hooks.contract import DescribedNode, DescribeResponse, JsonObject
 from ray_hooks.nodes import RayNode, list_nodes
 
 
@@ -46,3 +50,10 @@ def describe(gcs: Any) -> DescribeResponse:
             for node in nodes
         ),
     )
+
+
+def describe_document(gcs: Any) -> JsonObject:
+    """The describe response with `ray_support`: the supported range and this Ray's gaps."""
+    document = describe(gcs).to_json()
+    document["ray_support"] = probe().to_json()
+    return document

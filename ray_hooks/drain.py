@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from ray_hooks import compat
 from ray_hooks.contract import format_timestamp
 from ray_hooks.nodes import DRAINING, PREEMPTED_DEATH, RayNode, list_nodes
 
@@ -160,7 +161,7 @@ def confirm(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:
 
 def _read_back(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:
     try:
-        draining = dict(gcs.get_draining_nodes(timeout=_RPC_TIMEOUT_S))
+        draining = compat.draining_nodes(gcs, _RPC_TIMEOUT_S)
         gone = {
             node.node_id: node
             for node in list_nodes(gcs, draining=draining)
@@ -194,13 +195,7 @@ def _confirmed(drain: Drain, held_ms: int | None, gone: RayNode | None) -> Drain
 def _issue(
     gcs: NodeDrainer, node_id: str, reason_message: str, deadline: datetime
 ) -> tuple[bool, str]:
-    from ray.core.generated import autoscaler_pb2
-
-    reasons = autoscaler_pb2.DrainNodeReason  # type: ignore[attr-defined]  # generated, no stub
-    reason = int(reasons.Value("DRAIN_NODE_REASON_PREEMPTION"))
-    accepted, rejection = gcs.drain_node(
-        node_id, reason, reason_message, _ms(deadline), timeout=_RPC_TIMEOUT_S
-    )
+    accepted, rejection = compat.drain(gcs, node_id, reason_message, _ms(deadline), _RPC_TIMEOUT_S)
     return bool(accepted), str(rejection)
 
 

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from ray_hooks import compat
 from ray_hooks.contract import MAX_LISTED_ITEMS, ActorSummary, JobImpact, TaskSummary
 from ray_hooks.objects import Raylet, objects_on_nodes
 from ray_hooks.verdict import (
@@ -69,10 +70,16 @@ def node_impacts(
     that the node's death touches, jobs in id order."""
     if not node_ids:
         return {}
+    support = compat.probe()
+    if compat.IMPACT in support.degraded:
+        raise ImpactUnavailable(support.degraded[compat.IMPACT])
     raylets = alive_raylets(gcs)
+    objects_gap = support.degraded.get(compat.OBJECTS)
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="impact") as pool:
         tasks_query = pool.submit(running_tasks, address, node_ids)
-        objects_query = pool.submit(objects_on_nodes, raylets, node_ids)
+        objects_query = pool.submit(
+            _no_objects if objects_gap else objects_on_nodes, raylets, node_ids
+        )
         groups_query = pool.submit(placement_groups_on_nodes, address, node_ids)
         actors, owned = alive_actors(gcs, node_ids)
         drivers = drivers_on_nodes(gcs, node_ids)
@@ -82,6 +89,8 @@ def node_impacts(
         except Exception as exc:  # ObjectsUnavailable, grpc errors: the rest still stands
             log.warning("objects on the node unknown: %s", exc)
             objects, objects_unknown = {}, " ".join(str(exc).split())[:200]
+        if objects_gap:
+            objects_unknown = objects_gap[:200]
         groups = groups_query.result()
     return {
         node_id: _per_job(
@@ -98,6 +107,11 @@ def node_impacts(
         )
         for node_id, preempted in node_ids.items()
     }
+
+
+def _no_objects(raylets: Collection[Raylet], node_ids: Collection[str]) -> dict[str, Any]:
+    """This Ray's object-id layout is not known: its objects are not classified."""
+    return {}
 
 
 def running_tasks(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from ray_hooks import compat
 from ray_hooks.contract import NodeSummary
 
 INSTANCE_ID_LABEL = "spot-responder/instance-id"
@@ -85,7 +86,7 @@ def list_nodes(
     """Every node the GCS knows, alive or dead, with its drain state (`draining`: the GCS's
     draining nodes, id -> deadline ms, when the caller has just read them)."""
     if draining is None:
-        draining = dict(gcs.get_draining_nodes(timeout=timeout_s))
+        draining = compat.draining_nodes(gcs, timeout_s)
     infos = gcs.get_all_node_info(timeout=timeout_s)
     return tuple(node_from_info(info, draining) for info in infos.values())
 

@@ -37,6 +37,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray_hooks import compat
 from ray_hooks.verdict import ACTOR_CALL_RETURN, PUT, TASK_RETURN, StoredObject
 
 log = logging.getLogger(__name__)
@@ -272,11 +273,9 @@ _channels: dict[str, Any] = {}
 def _channel(address: str) -> Any:
     """One channel per address (Ray's helper: TLS and token auth as the cluster is set up)."""
     if address not in _channels:
-        from ray._private.grpc_utils import init_grpc_channel
-
-        _channels[address] = init_grpc_channel(
+        _channels[address] = compat.grpc_channel(
             address,
-            options=[
+            [
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ],

@@ -19,8 +19,8 @@ code running on the node::
 Cost: one watcher per node, not per task. The first process on a node that asks takes a file
 lock beside the node's state file and becomes the node's watcher: it asks the GCS for the
 draining nodes once per POLL_S (`GcsClient.get_draining_nodes`, the call Ray Serve and Data
-make) and writes the answer into the node's state file when it changes. Every other process
-on the node reads only that file (a `stat` every READ_S). If the watcher's process ends, the
+make; ray_hooks.compat's equivalent on a Ray before 2.60) and writes the answer into the
+node's state file when it changes. Every other process on the node reads only that file (a `stat` every READ_S). If the watcher's process ends, the
 kernel frees the lock and the next reader takes over. A process that never asks costs
 nothing. Outside a Ray worker or driver (no `ray.init`), `deadline()` says None.
 
@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ray_hooks import compat
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ class _NodeWatch:
         self._lock = handle
 
     def _poll_gcs(self) -> None:
-        draining = dict(self._gcs.get_draining_nodes(timeout=_RPC_TIMEOUT_S))
+        draining = compat.draining_nodes(self._gcs, _RPC_TIMEOUT_S)
         deadline_ms = draining.get(self.node_id)
         state = {"draining": deadline_ms is not None, "deadline_ms": deadline_ms or 0}
         if self._update(state):

@@ -101,7 +101,23 @@ def drained_by_ray(gcs: Any) -> set[str]:
         for info in gcs.get_all_node_info().values()
         if info.death_info.reason == preempted
     }
-    return set(gcs.get_draining_nodes()) | dead
+    return _draining(gcs) | dead
+
+
+def _draining(gcs: Any) -> set[str]:
+    """The GCS's draining nodes: GcsClient's listing (Ray 2.60), else Ray's own
+    GlobalStateAccessor, what ray._private.state reads them with (Ray 2.50 to 2.59)."""
+    if hasattr(gcs, "get_draining_nodes"):
+        return set(gcs.get_draining_nodes())
+    from ray._raylet import GcsClientOptions, GlobalStateAccessor
+
+    options = GcsClientOptions.create(gcs.address, gcs.cluster_id.hex(), False, False)
+    accessor = GlobalStateAccessor(options)
+    accessor.connect()
+    try:
+        return {str(node) for node in accessor.get_draining_nodes()}
+    finally:
+        accessor.disconnect()
 
 
 def json_shape(value: Any) -> Any:

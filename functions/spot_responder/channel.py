@@ -31,3 +31,8 @@ class ClusterChannel(Protocol):
 class AgentTooOld(ClusterRefused):
     """The head's SSM Agent cannot run the document (it predates `interpolationType:
     ENV_VAR`): no retry helps until the agent is updated, and people must be told."""
+
+
+class UnsupportedRay(ClusterRefused):
+    """The head node's Ray is outside ray_hooks' supported range (exit code 4,
+    `unsupported-ray`): recorded as rejected and alarmed, never retried."""

@@ -10,6 +10,8 @@ from typing import Any
 
 VERSION = 1
 MAX_NOTICES_PER_REQUEST = 200
+#: The head node's answer (exit code 4) when its Ray is outside ray_hooks' supported range.
+UNSUPPORTED_RAY = "unsupported-ray"
 
 
 class ContractError(ValueError):
@@ -90,6 +92,17 @@ def parse_response(data: Any) -> ClusterResponse:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ContractError(f"malformed response: {exc!r}"[:300]) from None
+
+
+def unsupported_ray(data: Any) -> str | None:
+    """The one-line reason of an `unsupported-ray` answer; None for any other answer."""
+    if not isinstance(data, dict) or data.get("outcome") != UNSUPPORTED_RAY:
+        return None
+    missing = "; ".join(str(feature) for feature in data.get("missing") or ()) or "unknown"
+    return (
+        f"{UNSUPPORTED_RAY}: Ray {data.get('ray_version')} on the head node "
+        f"(supported {data.get('supported_range')}): missing {missing}"
+    )[:300]
 
 
 def _result(item: dict[str, Any]) -> NoticeResult:

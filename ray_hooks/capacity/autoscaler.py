@@ -31,6 +31,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from ray_hooks import compat
 from ray_hooks.capacity.store import NAMESPACE, RPC_TIMEOUT_S, CapacityUnavailable, Kv
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ def send(gcs: Kv, demand: Sequence[dict[str, Any]], *, v2: bool) -> None:
     """Replace the cluster's resource request by `demand` ({resources, label_selector} items)."""
     try:
         if v2:
-            from ray.autoscaler.v2.sdk import request_cluster_resources
-
-            request_cluster_resources(gcs.address, list(demand), timeout=int(RPC_TIMEOUT_S))
+            compat.request_cluster_resources(gcs, demand)
         else:
             bundles = json.dumps([item["resources"] for item in demand]).encode()
             gcs.internal_kv_put(_V1_REQUEST_KEY, bundles, True, None, RPC_TIMEOUT_S)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ray_hooks import compat
 from ray_hooks.capacity.record import CapacityRequest
 from ray_hooks.capacity.store import RPC_TIMEOUT_S, CapacityUnavailable, Kv
 from ray_hooks.replacement import NODE_GROUP_LABEL, ZONE_LABEL, NodeType
@@ -82,7 +83,7 @@ class ClusterShape:
 def read_shape(gcs: Kv, *, autoscaler_v2: bool, max_workers: int | None) -> ClusterShape:
     """The node table and drain states from the GCS."""
     try:
-        draining = dict(gcs.get_draining_nodes(timeout=RPC_TIMEOUT_S))
+        draining = compat.draining_nodes(gcs, RPC_TIMEOUT_S)
         infos = list(gcs.get_all_node_info(timeout=RPC_TIMEOUT_S).values())
     except Exception as exc:  # ray.exceptions.RpcError when the GCS stops answering
         raise CapacityUnavailable(f"cannot list the Ray nodes: {exc}") from exc

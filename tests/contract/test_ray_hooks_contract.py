@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ray_hooks import compat
 from ray_hooks.contract import (
     ActorSummary,
     DescribedNode,
@@ -129,6 +130,7 @@ def test_describe_example_is_exactly_what_the_builder_prints_for_its_values() ->
         ray_version=example["ray_version"],
         nodes=tuple(DescribedNode(**node) for node in example["nodes"]),
     ).to_json()
+    built["ray_support"] = compat.Support(ray_version=example["ray_version"]).to_json()
 
     assert built == example
 

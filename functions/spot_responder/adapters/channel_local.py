@@ -9,10 +9,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from spot_responder.channel import ChannelUnavailable, ClusterRefused
-from spot_responder.contract import ClusterResponse, ContractError, parse_response
+from spot_responder.channel import ChannelUnavailable, ClusterRefused, UnsupportedRay
+from spot_responder.contract import (
+    ClusterResponse,
+    ContractError,
+    parse_response,
+    unsupported_ray,
+)
 
 EXIT_INVALID_REQUEST = 2
+EXIT_UNSUPPORTED_RAY = 4
 
 
 class LocalClusterChannel:
@@ -93,6 +99,8 @@ class LocalClusterChannel:
         error = (answer or {}).get("error") or _last_line(stderr) or "no output"
         if process.returncode == EXIT_INVALID_REQUEST:
             raise ClusterRefused(f"ray_hooks refused the request: {error}")
+        if process.returncode == EXIT_UNSUPPORTED_RAY:
+            raise UnsupportedRay(unsupported_ray(answer) or f"unsupported-ray: {error}")
         if process.returncode != 0 or answer is None:
             raise ChannelUnavailable(f"ray_hooks exited {process.returncode}: {error}")
         return answer

@@ -14,13 +14,23 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from spot_responder import budget
 from spot_responder.adapters.instances_ec2 import Ec2Directory
-from spot_responder.channel import AgentTooOld, ChannelUnavailable, ClusterRefused
-from spot_responder.contract import ClusterResponse, ContractError, parse_response
+from spot_responder.channel import (
+    AgentTooOld,
+    ChannelUnavailable,
+    ClusterRefused,
+    UnsupportedRay,
+)
+from spot_responder.contract import (
+    ClusterResponse,
+    ContractError,
+    parse_response,
+    unsupported_ray,
+)
 from spot_responder.instances import DirectoryUnavailable
 from spot_responder.observability import logger
 
 EXIT_INVALID_REQUEST = 2
-EXIT_AGENT_TOO_OLD = 4  # the document's own check: the agent did not set SSM_Operation
+EXIT_AGENT_TOO_OLD = 5  # the document's own check: the agent did not set SSM_Operation
 # The first SSM Agent that passes parameters as environment variables (ENV_VAR).
 MIN_AGENT_VERSION = (3, 3, 2746, 0)
 # SendCommand's TimeoutSeconds (how long the command may wait to start) has this minimum.
@@ -33,6 +43,7 @@ MAX_POLL_S = 2.0
 MIN_CALL_S = 2.0
 # A head whose agent was Online is not asked again for this long.
 AGENT_CHECK_TTL_S = 60.0
+EXIT_UNSUPPORTED_RAY = 4  # ray_hooks: the head's Ray is outside the supported range
 TERMINAL = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"}
 # SSM returns at most 24,000 characters of a command's output. A result without its job
 # impacts is about 600 characters and ray_hooks trims the impacts to fit, so a command
@@ -214,6 +225,8 @@ class SsmClusterChannel:
             raise AgentTooOld(f"head node cannot run the document: {output.strip()[:300]}")
         if code == EXIT_INVALID_REQUEST:
             raise ClusterRefused(f"head node refused the request: {output.strip()[:300]}")
+        if code == EXIT_UNSUPPORTED_RAY:
+            raise UnsupportedRay(_unsupported(output))
         if invocation.get("Status") != "Success":
             detail = (invocation.get("StandardErrorContent") or output).strip()[-300:]
             raise ChannelUnavailable(
@@ -234,3 +247,11 @@ def _version(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split("."))
     except ValueError:
         return ()
+
+
+def _unsupported(output: str) -> str:
+    try:
+        reason = unsupported_ray(json.loads(output))
+    except json.JSONDecodeError:
+        reason = None
+    return reason or f"unsupported-ray: {output.strip()[:280]}"

@@ -16,8 +16,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spot_responder.adapters.retry_sqs import SqsDeadLetter, SqsRetryDelay
 from spot_responder.budget import Budget
+from spot_responder.contract import UNSUPPORTED_RAY
 from spot_responder.handlers import aws
-from spot_responder.ledger import Status, parse_iso
+from spot_responder.ledger import LedgerEntry, Status, parse_iso
 from spot_responder.observability import logger, metrics, tracer
 from spot_responder.responder import BatchReport, InboundRecord, RecordStatus, Responder
 
@@ -117,6 +118,23 @@ COUNTERS = {
 }
 
 
+def _measure(entry: LedgerEntry) -> None:
+    """The metrics of one notice handled (not a duplicate)."""
+    metrics.add_metric("Notices", MetricUnit.Count, 1)
+    if entry.status in COUNTERS:
+        metrics.add_metric(COUNTERS[entry.status], MetricUnit.Count, 1)
+    if entry.status is Status.REJECTED and entry.reason.startswith(UNSUPPORTED_RAY):
+        metrics.add_metric("UnsupportedRay", MetricUnit.Count, 1)
+    metrics.add_metric("ImpactedJobs", MetricUnit.Count, len(entry.impacted_jobs))
+    if entry.replacement and entry.replacement.get("status") == "requested":
+        metrics.add_metric("ReplacementsRequested", MetricUnit.Count, 1)
+    if entry.drain_issued_at and entry.notice_time:
+        latency = parse_iso(entry.drain_issued_at) - parse_iso(entry.notice_time)
+        metrics.add_metric(
+            "DrainLatencyMs", MetricUnit.Milliseconds, latency.total_seconds() * 1000
+        )
+
+
 def _log_and_measure(report: BatchReport) -> None:
     for item in report.notices:
         entry = item.entry
@@ -126,17 +144,7 @@ def _log_and_measure(report: BatchReport) -> None:
             metrics.add_metric("DuplicateNotices", MetricUnit.Count, 1)
             logger.info("duplicate notice: already handled", extra=fields)
             continue
-        metrics.add_metric("Notices", MetricUnit.Count, 1)
-        if entry.status in COUNTERS:
-            metrics.add_metric(COUNTERS[entry.status], MetricUnit.Count, 1)
-        metrics.add_metric("ImpactedJobs", MetricUnit.Count, len(entry.impacted_jobs))
-        if entry.replacement and entry.replacement.get("status") == "requested":
-            metrics.add_metric("ReplacementsRequested", MetricUnit.Count, 1)
-        if entry.drain_issued_at and entry.notice_time:
-            latency = parse_iso(entry.drain_issued_at) - parse_iso(entry.notice_time)
-            metrics.add_metric(
-                "DrainLatencyMs", MetricUnit.Milliseconds, latency.total_seconds() * 1000
-            )
+        _measure(entry)
         if entry.status is Status.AGENT_TOO_OLD:
             logger.error(f"head node cannot run the document: {entry.reason}", extra=fields)
         elif entry.status is Status.ALERTED:
