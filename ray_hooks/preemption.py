@@ -20,9 +20,10 @@ Cost: one watcher per node, not per task. The first process on a node that asks 
 lock beside the node's state file and becomes the node's watcher: it asks the GCS for the
 draining nodes once per POLL_S (`GcsClient.get_draining_nodes`, the call Ray Serve and Data
 make; ray_hooks.compat's equivalent on a Ray before 2.60) and writes the answer into the
-node's state file when it changes. Every other process on the node reads only that file (a `stat` every READ_S). If the watcher's process ends, the
-kernel frees the lock and the next reader takes over. A process that never asks costs
-nothing. Outside a Ray worker or driver (no `ray.init`), `deadline()` says None.
+node's state file when it changes. Every other process on the node reads only that file (a
+`stat` every READ_S). If the watcher's process ends, the kernel frees the lock and the next
+reader takes over. A process that never asks costs nothing. Outside a Ray worker or driver
+(no `ray.init`), `deadline()` says None.
 
 The deadline is the one Ray holds: the earliest real termination time the responder was told
 (see ray_hooks.drain), or none when the node was drained without one.
