@@ -5,8 +5,7 @@ from Ray. Three verdicts, the worst reason deciding:
 
 - `lost`: something the job has will not come back, whatever Ray does;
 - `at-risk`: it comes back only under a condition Ray does not publish (an actor's
-  `max_task_retries`, whether an owner's retry recreates what it owned, room for a
-  placement group);
+  `max_task_retries`, whether an owner's retry recreates what it owned);
 - `will-recover`: Ray (or the Ray library that runs it) brings everything back.
 
 The rules, as Ray 2.60 applies them when a node dies (read in its source; see
@@ -32,9 +31,10 @@ drain makes sure of (GcsNodeManager::InferDeathInfo books it AUTOSCALER_DRAIN_PR
   every holder elsewhere gets OwnerDiedError (`lost`); a task return whose only copy is there
   is rebuilt from lineage by re-running the task (`will-recover`, unless `max_retries=0`);
   an actor call's return only if the actor allows retries (`at-risk`).
-- A placement group with bundles on the node: Ray reschedules those bundles; what runs in
-  them waits until they fit again, and a STRICT_SPREAD/STRICT_PACK group may not fit at all
-  (`at-risk`, naming the group and how many bundles).
+- A placement group with bundles on the node: Ray reschedules those bundles elsewhere (the
+  group is RESCHEDULING, then CREATED again) and what runs in them waits until they fit -
+  the responder's replacement is what makes them fit soon (`will-recover`, naming the group
+  and how many bundles; its tasks and actors are judged by the rules above).
 
 `compute_redone_s` is the running time of the tasks that Ray will run again.
 """
@@ -326,9 +326,9 @@ def _placement_group_reason(group: PlacementGroupOnNode) -> Reason:
     strategy = f", {group.strategy}" if group.strategy else ""
     return (
         f"placement group{named} ({group.placement_group_id}{strategy}) has "
-        f"{group.bundles_here} of {group.bundles} bundles on the node: Ray reschedules them, "
-        "and what runs in them waits until they fit again",
-        AT_RISK,
+        f"{group.bundles_here} of {group.bundles} bundles on the node: Ray reschedules them "
+        "elsewhere, and what runs in them waits until they fit again",
+        WILL_RECOVER,
     )
 
 

@@ -214,15 +214,23 @@ class FakeAutoscalingCluster:
     _log_path: str = ""
 
     # -- lifecycle -----------------------------------------------------------------
-    def start(self, timeout_s: float = 120.0) -> FakeAutoscalingCluster:
-        # Short path: Ray's unix sockets live under it (108-byte limit).
-        self.temp_dir = tempfile.mkdtemp(prefix="rsr-as-", dir="/tmp")
-        try:
-            self._launch()
-            self.wait_for(self._head_alive, timeout_s, "the head node to be alive")
-        except BaseException:
-            self.shutdown()
-            raise
+    def start(self, timeout_s: float = 120.0, attempts: int = 2) -> FakeAutoscalingCluster:
+        """Start the head; once more when `ray start` gave up (its raylet must register
+        within a fixed 30 s, which a machine busy with other clusters sometimes misses)."""
+        for attempt in range(1, attempts + 1):
+            # Short path: Ray's unix sockets live under it (108-byte limit).
+            self.temp_dir = tempfile.mkdtemp(prefix="rsr-as-", dir="/tmp")
+            try:
+                self._launch()
+                self.wait_for(self._head_alive, timeout_s, "the head node to be alive")
+                return self
+            except RuntimeError:  # `ray start` exited
+                self.shutdown()
+                if attempt == attempts:
+                    raise
+            except BaseException:
+                self.shutdown()
+                raise
         return self
 
     def _launch(self) -> None:

@@ -28,6 +28,9 @@ class Instance:
     lifecycle: str | None = None
     """"spot" or "on-demand"."""
     state: str | None = None
+    state_reason: str | None = None
+    """EC2's StateReason code of the last state change, e.g. Server.SpotInstanceTermination."""
+    capacity_reservation_id: str | None = None
 
     @property
     def is_ray_node(self) -> bool:

@@ -37,6 +37,8 @@ class Status(StrEnum):
     """Failed for a passing reason; the queue delivers it again."""
     DEAD_LETTERED = "dead-lettered"
     """Failed on its last delivery; the message went to the dead-letter queue."""
+    AGENT_TOO_OLD = "agent-too-old"
+    """The head's SSM Agent cannot run the document; not retried, alarmed."""
 
     @property
     def reclaimable(self) -> bool:

@@ -26,12 +26,27 @@ SPOT_NOTICE_WINDOW = timedelta(minutes=2)
 MAX_EVENT_BYTES = 256 * 1024  # EventBridge's own limit for one event
 MAX_EVENT_ID_CHARS = 128  # EventBridge ids are UUIDs; an id becomes part of ledger keys
 # Times outside these are bad input, and the deadline arithmetic must not fall off the calendar.
+# AWS Health scheduled changes that take an EC2 instance down (stop, retire, reboot); the
+# Health rule in template.yaml matches the same codes. Any other scheduled change yields
+# no notice.
+INSTANCE_DOWN_CODES = frozenset(
+    {
+        "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED",
+        "AWS_EC2_INSTANCE_STOP_SCHEDULED",
+        "AWS_EC2_INSTANCE_REBOOT_MAINTENANCE_SCHEDULED",
+        "AWS_EC2_INSTANCE_REBOOT_FLEXIBLE_MAINTENANCE_SCHEDULED",
+        "AWS_EC2_SYSTEM_REBOOT_MAINTENANCE_SCHEDULED",
+        "AWS_EC2_SYSTEM_MAINTENANCE_EVENT",
+    }
+)
 EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class NoticeKind(StrEnum):
     SPOT_INTERRUPTION = "spot-interruption"
+    CAPACITY_RESERVATION_INTERRUPTION = "capacity-reservation-interruption"
+    """An interruptible Capacity Reservation reclaims its instance (two minutes, too)."""
     REBALANCE_RECOMMENDATION = "rebalance-recommendation"
     STATE_CHANGE = "state-change"
     SCHEDULED_CHANGE = "scheduled-change"
@@ -99,6 +114,12 @@ class SpotWarningDetail(_Detail):
     instance_action: Literal["terminate", "stop", "hibernate"] = Field(alias="instance-action")
 
 
+class CapacityReservationWarningDetail(_Detail):
+    instance_id: InstanceId = Field(alias="instance-id")
+    instance_action: Literal["terminate"] = Field(alias="instance-action")
+    termination_time: AwsTime = Field(alias="instance-termination-time")
+
+
 class RebalanceDetail(_Detail):
     instance_id: InstanceId = Field(alias="instance-id")
 
@@ -161,6 +182,26 @@ def parse_spot_warning(event: EventBridgeModel) -> list[Notice]:
     return [replace(notice, termination_time=notice.time + SPOT_NOTICE_WINDOW)]
 
 
+@registers("aws.ec2", "EC2 Capacity Reservation Instance Interruption Warning")
+def parse_capacity_reservation_warning(event: EventBridgeModel) -> list[Notice]:
+    """An interruptible Capacity Reservation's owner reclaims capacity: two minutes' notice,
+    with the termination time in the event itself.
+
+    {"detail-type": "EC2 Capacity Reservation Instance Interruption Warning",
+     "source": "aws.ec2", "time": "2026-11-22T10:00:00Z",
+     "detail": {"instance-id": "i-0a1b2c3d4e5f60001", "instance-action": "terminate",
+       "instance-termination-time": "2026-11-22T10:02:00Z", "azId": "usw2-az1"}}
+    """
+    detail = CapacityReservationWarningDetail.model_validate(event.detail)
+    notice = _notice(
+        event,
+        NoticeKind.CAPACITY_RESERVATION_INTERRUPTION,
+        detail.instance_id,
+        detail.instance_action,
+    )
+    return [replace(notice, termination_time=_utc(detail.termination_time))]
+
+
 @registers("aws.ec2", "EC2 Instance Rebalance Recommendation")
 def parse_rebalance(event: EventBridgeModel) -> list[Notice]:
     """An elevated risk of interruption, often well before any warning.
@@ -195,6 +236,8 @@ def parse_health_event(event: EventBridgeModel) -> list[Notice]:
     """
     detail = HealthDetail.model_validate(event.detail)
     if detail.service != "EC2" or detail.event_type_category != "scheduledChange":
+        return []
+    if detail.event_type_code not in INSTANCE_DOWN_CODES:
         return []
     start = None if detail.start_time is None else _utc(detail.start_time)
     instance_ids = [e.entity_value for e in detail.affected_entities] or list(event.resources)

@@ -11,6 +11,20 @@ from spot_responder.notices import Notice, NoticeKind
 from spot_responder.settings import RebalanceAction, Settings
 
 STOPPING_STATES = frozenset({"stopping", "shutting-down"})
+# What EC2 says of an instance that really is going away.
+GONE_OR_GOING = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+# StateReason codes of a stop or termination someone asked for: `ray down`, the autoscaler
+# scaling down (TerminateInstances), a user's StopInstances, `shutdown -h` on the node.
+ROUTINE_REASONS = frozenset(
+    {
+        "Client.UserInitiatedShutdown",
+        "Client.InstanceInitiatedShutdown",
+        "Client.UserInitiatedHibernate",
+    }
+)
+# A scheduled change is drained this long before it starts; one further ahead is recorded
+# (the drain would take the node out of service for the whole wait).
+SCHEDULED_DRAIN_LEAD = timedelta(minutes=15)
 
 
 class Action(StrEnum):
@@ -54,6 +68,12 @@ def decide(
         return Decision(Action.IGNORE, "not a Ray node (no ray-cluster-name/ray-node-type tags)")
     if not settings.allows_cluster(instance.cluster):
         return Decision(Action.IGNORE, f"cluster {instance.cluster!r} is not in the allowlist")
+    untrue = _contradicted_by_ec2(notice, instance)
+    if untrue is not None and not instance.is_head:
+        return Decision(Action.RECORD, untrue)
+    routine = _routine_stop(notice, instance)
+    if routine is not None:
+        return Decision(Action.RECORD, routine)
     if instance.is_head:
         if notice.kind is NoticeKind.STATE_CHANGE and notice.detail == "running":
             return Decision(Action.RECORD, "head node is running")
@@ -61,6 +81,56 @@ def decide(
             Action.ALERT, f"{notice.kind} for the HEAD node of {instance.cluster}: never drained"
         )
     return _decide_for_worker(notice, settings, warned=warned, now=now)
+
+
+def _contradicted_by_ec2(notice: Notice, instance: Instance) -> str | None:
+    """Why EC2's own record of the instance says the notice cannot be true, if it does.
+
+    A spot warning only comes for a spot instance, a Capacity Reservation warning only for
+    an instance in a reservation, and a stop or termination is one EC2 reports too. A fact
+    the directory does not know (None: a local cluster has no EC2) contradicts nothing.
+    A head is never acted on whatever the notice: its notices are alerted regardless.
+    """
+    if notice.kind is NoticeKind.SPOT_INTERRUPTION and instance.lifecycle not in (None, "spot"):
+        return (
+            f"spot interruption warning for a {instance.lifecycle or 'non-spot'} instance: "
+            "EC2 sends none for it (forged or misrouted); not acted on"
+        )
+    if (
+        notice.kind is NoticeKind.CAPACITY_RESERVATION_INTERRUPTION
+        and not instance.capacity_reservation_id
+    ):
+        return (
+            "Capacity Reservation interruption warning for an instance in no Capacity "
+            "Reservation (forged or misrouted); not acted on"
+        )
+    if (
+        notice.kind is NoticeKind.STATE_CHANGE
+        and notice.detail in STOPPING_STATES
+        and instance.state is not None
+        and instance.state not in GONE_OR_GOING
+    ):
+        return (
+            f"instance {notice.detail} per the event, but EC2 says {instance.state}; not acted on"
+        )
+    return None
+
+
+def _routine_stop(notice: Notice, instance: Instance) -> str | None:
+    """Why a stop or termination is routine (asked for, not an interruption), if it is."""
+    if notice.kind is not NoticeKind.STATE_CHANGE or notice.detail == "running":
+        return None
+    if instance.state_reason in ROUTINE_REASONS:
+        who = (
+            "the node itself"
+            if "InstanceInitiated" in instance.state_reason
+            else "a user or the autoscaler"
+        )
+        return (
+            f"instance {notice.detail}, asked for by {who} ({instance.state_reason}): "
+            "not an interruption"
+        )
+    return None
 
 
 def _decide_for_worker(
@@ -74,7 +144,22 @@ def _decide_for_worker(
             _deadline(notice.termination_time, margin),
             replace=True,
         )
+    if notice.kind is NoticeKind.CAPACITY_RESERVATION_INTERRUPTION:
+        return Decision(
+            Action.DRAIN,
+            f"Capacity Reservation interruption ({notice.detail})",
+            _deadline(notice.termination_time, margin),
+            replace=True,
+        )
     if notice.kind is NoticeKind.SCHEDULED_CHANGE:
+        start = notice.termination_time
+        if start is not None and start - now > SCHEDULED_DRAIN_LEAD:
+            return Decision(
+                Action.RECORD,
+                f"scheduled change {notice.detail} starts {start.isoformat()}, more than "
+                f"{SCHEDULED_DRAIN_LEAD.total_seconds() / 60:.0f} min ahead: not drained "
+                "yet (EC2's stop at the start, reason Server.ScheduledStop, is drained)",
+            )
         return Decision(
             Action.DRAIN,
             f"scheduled change {notice.detail}",

@@ -18,7 +18,7 @@ from enum import StrEnum
 from functools import partial
 
 from spot_responder.budget import Budget, applied
-from spot_responder.channel import ChannelUnavailable, ClusterChannel, ClusterRefused
+from spot_responder.channel import AgentTooOld, ChannelUnavailable, ClusterChannel, ClusterRefused
 from spot_responder.contract import (
     MAX_NOTICES_PER_REQUEST,
     ClusterResponse,
@@ -85,6 +85,8 @@ class NoticeReport:
     message_id: str
     entry: LedgerEntry
     duplicate: bool = False
+    stored: bool = True
+    """False for a notice about an instance that is not a served Ray node (no ledger write)."""
 
 
 @dataclass
@@ -143,20 +145,38 @@ class Responder:
         `budget`: how long the cluster calls may take (the Lambda's remaining time)."""
         budget = budget or Budget.unlimited()
         report = BatchReport()
-        work: list[_Work] = []
-        in_flight: set[str] = set()  # keys this batch claimed
+        parsed: list[tuple[InboundRecord, list[Notice]]] = []
         for record in records:
             report.statuses[record.message_id] = RecordStatus.HANDLED
             try:
-                claimed = self._claim_record(record, report, in_flight, retime=retime)
+                notices = self._parse_record(record, report, retime=retime)
+            except LedgerUnavailable as exc:
+                self._retry(record, report, str(exc))
+                continue
+            if notices:
+                parsed.append((record, notices))
+        if not parsed:
+            return report
+        instances = self._look_up({n.instance_id for _, notices in parsed for n in notices})
+        work: list[_Work] = []
+        in_flight: set[str] = set()  # keys this batch claimed
+        for record, notices in parsed:
+            try:
+                claimed = self._claim_notices(record, notices, instances, report, in_flight)
                 in_flight.update(w.entry.key for w in claimed)
                 work.extend(claimed)
             except LedgerUnavailable as exc:
                 self._retry(record, report, str(exc))
         if work:
-            self._resolve_and_decide(work, report)
+            self._resolve_and_decide(work, report, instances)
             self._dispatch(work, report, budget)
         return report
+
+    def _look_up(self, instance_ids: set[str]) -> dict[str, Instance] | DirectoryUnavailable:
+        try:
+            return self.directory.describe(instance_ids)
+        except DirectoryUnavailable as exc:
+            return exc
 
     def _reconciles(self, work: list[_Work]) -> list[str]:
         """A worker that started may be a replacement, one that ended frees its request:
@@ -187,28 +207,59 @@ class Responder:
 
     # -- parse and claim -------------------------------------------------------------
 
-    def _claim_record(
-        self, record: InboundRecord, report: BatchReport, in_flight: set[str], *, retime: bool
-    ) -> list[_Work]:
-        """Claim the record's notices; `in_flight`: keys this batch already claimed."""
+    def _parse_record(
+        self, record: InboundRecord, report: BatchReport, *, retime: bool
+    ) -> list[Notice]:
+        """The record's notices; an event that can never be handled is recorded as such."""
         now = self.clock()
         try:
             notices = parse_event(record.body)
         except NoticeRejected as exc:
-            key = f"rejected#{exc.event_id or record.message_id}"
-            self._record_unactionable(record, report, key, Status.REJECTED, str(exc), now)
-            report.statuses[record.message_id] = RecordStatus.REJECTED
-            report.reasons[record.message_id] = str(exc)
+            self._reject(record, report, f"rejected#{exc.event_id or record.message_id}", str(exc))
             return []
         if not notices:
             reason = "no parser for this event's source and detail-type"
             key = f"unhandled#{record.message_id}"
             self._record_unactionable(record, report, key, Status.IGNORED, reason, now)
             return []
+        account = self.settings.account_id
+        foreign = sorted({n.account for n in notices if account and n.account != account})
+        if foreign:
+            # The rules match the stack's own account; anything else was put on the queue
+            # by hand or forged.
+            reason = f"event from account {foreign[0]}, not this stack's account {account}"
+            self._reject(record, report, f"rejected#{notices[0].event_id}", reason)
+            return []
+        return [n.retimed(now) if retime else n for n in notices]
+
+    def _reject(self, record: InboundRecord, report: BatchReport, key: str, reason: str) -> None:
+        self._record_unactionable(record, report, key, Status.REJECTED, reason, self.clock())
+        report.statuses[record.message_id] = RecordStatus.REJECTED
+        report.reasons[record.message_id] = reason
+
+    def _claim_notices(
+        self,
+        record: InboundRecord,
+        notices: list[Notice],
+        instances: dict[str, Instance] | DirectoryUnavailable,
+        report: BatchReport,
+        in_flight: set[str],
+    ) -> list[_Work]:
+        """Claim the notices that concern a served Ray node; `in_flight`: keys this batch
+        already claimed. A notice for any other instance (every state change in the region
+        comes here) is reported but costs no ledger write. When EC2 could not be asked,
+        every notice is claimed, so that the ledger can say why it failed."""
+        now = self.clock()
         claimed = []
         for notice in notices:
-            if retime:
-                notice = notice.retimed(now)
+            if not isinstance(instances, DirectoryUnavailable):
+                instance = instances.get(notice.instance_id)
+                first_look = decide(notice, instance, self.settings, warned=False, now=now)
+                if first_look.action is Action.IGNORE:
+                    entry = _describe(self._new_entry(notice, now, record), instance, first_look)
+                    ignored = entry.with_outcome(Status.IGNORED, now)
+                    report.notices.append(NoticeReport(record.message_id, ignored, stored=False))
+                    continue
             claim = self.ledger.claim(
                 self._new_entry(notice, now, record), now=now, stale_after=STALE_CLAIM
             )
@@ -264,12 +315,15 @@ class Responder:
 
     # -- resolve and decide ----------------------------------------------------------
 
-    def _resolve_and_decide(self, work: list[_Work], report: BatchReport) -> None:
-        try:
-            instances = self.directory.describe({w.notice.instance_id for w in work})
-        except DirectoryUnavailable as exc:
+    def _resolve_and_decide(
+        self,
+        work: list[_Work],
+        report: BatchReport,
+        instances: dict[str, Instance] | DirectoryUnavailable,
+    ) -> None:
+        if isinstance(instances, DirectoryUnavailable):
             for item in work:
-                self._fail(item, report, str(exc))
+                self._fail(item, report, str(instances))
             work.clear()
             return
         now = self.clock()
@@ -284,15 +338,21 @@ class Responder:
             item.decision = decide(
                 item.notice, item.instance, self.settings, warned=warned, now=now
             )
-            item.entry = _describe(item.entry, item.instance, item.decision)
             decided.append(item)
+        _cap_per_event(decided, self.settings.max_nodes_per_event)
+        for item in decided:
+            assert item.decision is not None
+            item.entry = _describe(item.entry, item.instance, item.decision)
         work[:] = decided
 
     def _was_warned(self, notice: Notice) -> bool:
         if notice.kind not in {NoticeKind.STATE_CHANGE, NoticeKind.REBALANCE_RECOMMENDATION}:
             return False
-        warning = self.ledger.get(f"{notice.instance_id}#{NoticeKind.SPOT_INTERRUPTION}")
-        return warning is not None and warning.status in WARNED_STATUSES
+        for kind in (NoticeKind.SPOT_INTERRUPTION, NoticeKind.CAPACITY_RESERVATION_INTERRUPTION):
+            warning = self.ledger.get(f"{notice.instance_id}#{kind}")
+            if warning is not None and warning.status in WARNED_STATUSES:
+                return True
+        return False
 
     # -- act -------------------------------------------------------------------------
 
@@ -339,6 +399,9 @@ class Responder:
         if isinstance(answer, Exception):
             report.cluster_failures += 1
         for item in items:
+            if isinstance(answer, AgentTooOld):
+                self._finish(item, report, Status.AGENT_TOO_OLD, reason=str(answer))
+                continue
             if isinstance(answer, ClusterRefused):
                 self._finish(item, report, Status.REJECTED, reason=str(answer))
                 continue
@@ -469,6 +532,28 @@ def _describe(entry: LedgerEntry, instance: Instance | None, decision: Decision)
     )
 
 
+def _cap_per_event(items: list[_Work], cap: int) -> None:
+    """At most `cap` nodes are drained or analysed for one event; the others are recorded.
+
+    One AWS Health event may name up to 1,000 instances: a forged or runaway one must not
+    drain a fleet. Which ones act is stable (instance id order).
+    """
+    by_event: dict[str, list[_Work]] = defaultdict(list)
+    for item in items:
+        if item.decision is not None and item.decision.needs_cluster:
+            by_event[item.notice.event_id].append(item)
+    for acting in by_event.values():
+        if len(acting) <= cap:
+            continue
+        for item in sorted(acting, key=lambda i: i.notice.instance_id)[cap:]:
+            assert item.decision is not None
+            item.decision = Decision(
+                Action.RECORD,
+                f"{item.decision.reason}; not acted on: the event names {len(acting)} Ray "
+                f"nodes, more than the {cap} one event may drain (MaxNodesPerEvent)",
+            )
+
+
 def _avoid_pools_hit_in_this_batch(items: list[_Work]) -> None:
     """A replacement should not come from a pool that is being interrupted right now.
 
@@ -478,6 +563,11 @@ def _avoid_pools_hit_in_this_batch(items: list[_Work]) -> None:
     hit = sorted({i.instance.pool for i in items if i.instance and i.instance.pool})
     for item in items:
         item.avoid_pools = tuple(hit)
+
+
+# Contract v1 names four kinds; the head handles a Capacity Reservation warning exactly
+# like a spot warning (drain by the deadline, replace), so that is how it is sent.
+_WIRE_KIND = {NoticeKind.CAPACITY_RESERVATION_INTERRUPTION: NoticeKind.SPOT_INTERRUPTION}
 
 
 def _notice_request(item: _Work, mode: str) -> NoticeRequest:
@@ -490,7 +580,7 @@ def _notice_request(item: _Work, mode: str) -> NoticeRequest:
         notice_id=item.entry.key,
         instance_id=item.notice.instance_id,
         private_ip=item.instance.private_ip,
-        kind=item.notice.kind.value,
+        kind=_WIRE_KIND.get(item.notice.kind, item.notice.kind).value,
         action="drain" if item.decision.action is Action.DRAIN else "analyse",
         drain_deadline=item.decision.drain_deadline,
         replacement=replacement,

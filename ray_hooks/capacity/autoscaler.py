@@ -15,7 +15,13 @@ the v2 monitor sets to ``b"1"``.
 
 The request is persistent and each call replaces the previous one, whoever made it. So
 every call sends the whole demand of this cluster's outstanding replacements, and an empty
-demand clears it.
+demand clears it. What the responder sent last is kept in the GCS KV (namespace
+``spot-responder``, key ``sent-demand``): a request found in place that differs from it was
+made by someone else (a user's own ``request_resources``; Ray Data's and Ray Train v2's
+``AutoscalingCoordinator``, which re-sends its own every ~20 s), and the caller says that
+it was replaced. It is not merged in: the autoscaler packs every bundle of a request at
+once, so another requester's bundles for the nodes already there plus the responder's would
+launch those nodes a second time.
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ray_hooks.capacity.store import RPC_TIMEOUT_S, CapacityUnavailable, Kv
+from ray_hooks.capacity.store import NAMESPACE, RPC_TIMEOUT_S, CapacityUnavailable, Kv
 
 log = logging.getLogger(__name__)
 
 _V1_REQUEST_KEY = b"autoscaler_resource_request"
 _V2_ENABLED_KEY = (b"__autoscaler_v2_enabled", b"__autoscaler")  # key, namespace
+_SENT_KEY = b"sent-demand"
 
 
 def autoscaler_v2(gcs: Kv) -> bool:
@@ -54,4 +61,41 @@ def send(gcs: Kv, demand: Sequence[dict[str, Any]], *, v2: bool) -> None:
             gcs.internal_kv_put(_V1_REQUEST_KEY, bundles, True, None, RPC_TIMEOUT_S)
     except Exception as exc:  # ray.exceptions.RpcError and friends
         raise CapacityUnavailable(f"cannot send the capacity request: {exc}") from exc
+    sent = json.dumps([item["resources"] for item in demand]).encode()
+    try:
+        gcs.internal_kv_put(_SENT_KEY, sent, True, NAMESPACE, RPC_TIMEOUT_S)
+    except Exception as exc:
+        raise CapacityUnavailable(f"cannot keep what was sent: {exc}") from exc
     log.info("capacity requested from the autoscaler: %s", json.dumps(list(demand)))
+
+
+def foreign_request(gcs: Kv, *, v2: bool) -> list[dict[str, float]]:
+    """The bundles of the request in place that the responder did not send (or [])."""
+    try:
+        current = _current_bundles(gcs, v2)
+        raw = gcs.internal_kv_get(_SENT_KEY, NAMESPACE, RPC_TIMEOUT_S)
+    except Exception as exc:  # ray.exceptions.RpcError and friends
+        raise CapacityUnavailable(f"cannot read the current resource request: {exc}") from exc
+    sent = [_normal(b) for b in json.loads(raw)] if raw else []
+    if sorted(map(json.dumps, map(_normal, current))) == sorted(map(json.dumps, sent)):
+        return []
+    return [_normal(b) for b in current]
+
+
+def _current_bundles(gcs: Kv, v2: bool) -> list[dict[str, float]]:
+    if not v2:
+        raw = gcs.internal_kv_get(_V1_REQUEST_KEY, None, RPC_TIMEOUT_S)
+        return [dict(bundle) for bundle in json.loads(raw)] if raw else []
+    from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+    state = get_cluster_resource_state(gcs)
+    return [
+        dict(item.request.resources_bundle)
+        for constraint in state.cluster_resource_constraints
+        for item in constraint.resource_requests
+        for _ in range(item.count)
+    ]
+
+
+def _normal(bundle: dict[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in sorted(bundle.items())}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -163,10 +164,19 @@ def _request(
             store.put(request)
             outstanding.append(request)
     try:
+        others = autoscaler.foreign_request(gcs, v2=shape.autoscaler_v2)
         autoscaler.send(gcs, demand(shape, outstanding), v2=shape.autoscaler_v2)
     except CapacityUnavailable as exc:
         return tuple(failed(r, exc) if r.status == REQUESTED else r for r in results)
-    return tuple(results)
+    if not others:
+        return tuple(results)
+    said = (
+        f"; replaced a resource request of {len(others)} bundle(s) someone else had made "
+        f"(e.g. {json.dumps(others[0])}; Ray Data/Train re-send theirs every ~20 s)"
+    )
+    return tuple(
+        replace(r, reason=r.reason + said) if r.status == REQUESTED else r for r in results
+    )
 
 
 def _decide(

@@ -55,9 +55,9 @@ WORKER_TYPES = (
     WorkerType("arm_ondemand_worker", ON_DEMAND, ARM64, max_workers=1),
 )
 BUSY_TYPES = tuple(w.name for w in WORKER_TYPES)
-IDLE_TIMEOUT_MINUTES = 0.1  # 6 s
+IDLE_TIMEOUT_MINUTES = 0.5  # 30 s: v1 judges idleness from load reports, late on a busy machine
 SAFETY_MARGIN_S = 5
-TERMINATION_AHEAD_S = 40  # from the moment the work runs to EC2's termination
+TERMINATION_AHEAD_S = 60  # from the moment the work runs to EC2's termination
 JOIN_TIMEOUT_S = 90
 
 
@@ -134,7 +134,7 @@ def test_in_a_busy_cluster_the_replacement_joins_before_the_kill_and_a_full_type
         assert outcome["errors"] == [], outcome
 
     # AND once the job is done the cluster goes back to its size: every idle worker removed
-    cluster.wait_for(lambda: not cluster.alive_workers(), 60, "idle workers removed")
+    cluster.wait_for(lambda: not cluster.alive_workers(), 120, "idle workers removed")
     print(f"back to its size {time.time() - released_at:.1f} s after the release")
 
 

@@ -76,6 +76,8 @@ class NoticeQueue:
     dead_lettered: list[Message] = field(default_factory=list)
     notice_keys: dict[str, set[str]] = field(default_factory=dict)
     """The ledger keys each message's deliveries touched."""
+    not_ours: set[str] = field(default_factory=set)
+    """Messages with a notice about an instance that is no served Ray node (not stored)."""
     sent_in: int = 0
 
     def send(self, *bodies: dict[str, Any] | str) -> list[str]:
@@ -101,6 +103,10 @@ class NoticeQueue:
         """Delete what the handler settled; give back (or dead-letter) what it failed."""
         assert_batch_accounted([m.message_id for m in batch], response, report)
         for item in report.notices:
+            if not item.stored:
+                assert item.entry.status is Status.IGNORED, item.entry
+                self.not_ours.add(item.message_id)
+                continue
             self.notice_keys.setdefault(item.message_id, set()).add(item.entry.key)
         failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
         given_up = set(report.to_dead_letter())
@@ -153,8 +159,8 @@ def assert_ledger_accounts_for(queue: NoticeQueue, ledger: Ledger) -> None:
     assert not queue.waiting, "the run is not over"
     assert queue.accounted, (queue.sent_in, len(queue.settled), len(queue.dead_lettered))
     for message_id in queue.settled:
-        keys = queue.notice_keys.get(message_id)
-        assert keys, f"settled record {message_id} left nothing in the ledger"
+        keys = queue.notice_keys.get(message_id, set())
+        assert keys or message_id in queue.not_ours, f"settled record {message_id} left nothing"
         for key in keys:
             entry = ledger.get(key)
             assert entry is not None, f"no ledger entry {key}"

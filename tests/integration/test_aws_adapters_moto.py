@@ -11,16 +11,16 @@ from spot_responder.adapters.channel_ssm import SsmClusterChannel
 from spot_responder.adapters.instances_ec2 import Ec2Directory
 from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
 from spot_responder.adapters.retry_sqs import SqsRetryDelay
-from spot_responder.channel import ChannelUnavailable
+from spot_responder.channel import AgentTooOld, ChannelUnavailable
 from spot_responder.contract import NoticeRequest, build_request
 from spot_responder.handlers.responder import respond
 from spot_responder.ledger import LedgerEntry, Status, iso
 from spot_responder.reconcile import record_verdict_outcomes
-from spot_responder.responder import Responder
+from spot_responder.responder import RecordStatus, Responder
 from spot_responder.settings import Settings
 from tests import cfn
 from tests.aws import Aws, moto_server
-from tests.support import LambdaContext, load_event
+from tests.support import LambdaContext, load_event, sqs_event
 
 pytestmark = pytest.mark.aws
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -334,11 +334,12 @@ def lambda_record(message, queue_url, sqs):
 
 
 def test_scheduled_reconcile_reaches_every_cluster_with_a_head_and_never_raises(
-    aws, cluster, monkeypatch
+    aws, cluster, ledger_table, monkeypatch
 ):
     from spot_responder.handlers import aws as factory
     from spot_responder.handlers import reconcile as handler
 
+    monkeypatch.setenv("LEDGER_TABLE", ledger_table.name)  # as the template's Globals set it
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -424,3 +425,60 @@ def test_a_large_request_is_split_so_each_answer_fits_the_ssm_output_limit(aws, 
     assert len(ssm.commands) == 3
     assert max(len(c["notices"]) for c in ssm.commands) == NOTICES_PER_COMMAND
     assert sorted(response.results) == sorted(f"k{n}" for n in range(50))
+
+
+@pytest.mark.parametrize(
+    ("ping", "version", "raised", "words"),
+    [
+        ("ConnectionLost", "3.3.3572.0", ChannelUnavailable, "is ConnectionLost"),
+        ("Online", "3.2.582.0", AgentTooOld, "older than 3.3.2746.0"),
+    ],
+    ids=["agent offline", "agent too old"],
+)
+def test_ssm_channel_checks_the_head_agent_before_sending(
+    aws, cluster, ping, version, raised, words
+):
+    head = cluster["head"]["InstanceId"]
+    aws.agents.ping[head], aws.agents.versions[head] = ping, version
+    ssm = aws.client("ssm")
+    sent = []
+    ssm.meta.events.register("provide-client-params.ssm.SendCommand", lambda **kw: sent.append(1))
+    channel = SsmClusterChannel(ssm, Ec2Directory(aws.client("ec2")), "doc", timeout_s=5)
+    worker = cluster["worker"]["InstanceId"]
+    request = build_request(
+        "ray-on-aws", [NoticeRequest("k", worker, None, "spot-interruption", "drain", NOW)]
+    )
+    try:
+        with pytest.raises(raised, match=words):
+            channel.send("ray-on-aws", request)
+    finally:
+        del aws.agents.ping[head], aws.agents.versions[head]
+    assert sent == []  # nothing was sent to wait for
+
+
+def test_an_agent_too_old_is_recorded_and_alarmed_not_rejected_or_retried(aws, cluster, tmp_path):
+    from spot_responder.adapters.ledger_sqlite import SqliteLedger
+    from spot_responder.observability import metrics
+
+    head = cluster["head"]["InstanceId"]
+    aws.agents.versions[head] = "3.1.1446.0"
+    directory = Ec2Directory(aws.client("ec2"))
+    channel = SsmClusterChannel(aws.client("ssm"), directory, "doc", timeout_s=5)
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
+    responder = Responder(directory=directory, channel=channel, ledger=ledger, settings=Settings())
+    event = load_event("spot-interruption-terminate.json")
+    event["detail"]["instance-id"] = cluster["worker"]["InstanceId"]
+    try:
+        metrics.clear_metrics()
+        response, report = respond(sqs_event(event), None, responder, retime=True)
+        emitted = set(metrics.metric_set)
+        metrics.clear_metrics()
+    finally:
+        del aws.agents.versions[head]
+        ledger.close()
+
+    assert response == {"batchItemFailures": []}
+    assert list(report.statuses.values()) == [RecordStatus.HANDLED]
+    (item,) = report.notices
+    assert item.entry.status is Status.AGENT_TOO_OLD
+    assert "HeadAgentTooOld" in emitted

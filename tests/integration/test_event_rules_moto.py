@@ -25,6 +25,7 @@ HANDLED = {
     "spot-interruption-hibernate.json": "SpotInterruptionRule",
     "spot-interruption-head-node.json": "SpotInterruptionRule",
     "spot-interruption-not-ray.json": "SpotInterruptionRule",
+    "capacity-reservation-interruption.json": "CapacityReservationInterruptionRule",
     "rebalance-recommendation.json": "RebalanceRecommendationRule",
     "state-change-running.json": "InstanceStateChangeRule",
     "state-change-stopping.json": "InstanceStateChangeRule",
@@ -55,6 +56,10 @@ IGNORED = {
     "health issue, not a scheduled change": _variant(
         "health-scheduled-retirement.json", detail={"eventTypeCategory": "issue"}
     ),
+    "health scheduled change that leaves the instance up": _variant(
+        "health-scheduled-retirement.json",
+        detail={"eventTypeCode": "AWS_EC2_DEDICATED_HOST_NETWORK_MAINTENANCE_SCHEDULED"},
+    ),
     "health scheduled change of another service": _variant(
         "health-scheduled-retirement.json", detail={"service": "RDS"}
     ),
@@ -65,6 +70,22 @@ IGNORED = {
         "spot-interruption-terminate.json", source="my.app"
     ),
 }
+
+
+# moto's account: what `!Ref AWS::AccountId` is in the rules, and the `account` moto gives
+# every event put on its bus.
+MOTO_ACCOUNT = "123456789012"
+
+
+def _resolved(pattern: Any) -> Any:
+    """The event pattern as CloudFormation deploys it (only AWS::AccountId is referenced)."""
+    if pattern == {"Ref": "AWS::AccountId"}:
+        return MOTO_ACCOUNT
+    if isinstance(pattern, dict):
+        return {k: _resolved(v) for k, v in pattern.items()}
+    if isinstance(pattern, list):
+        return [_resolved(v) for v in pattern]
+    return pattern
 
 
 def sample_events() -> list[str]:
@@ -110,7 +131,7 @@ class NoticeRouting:
             self.witnesses[name] = self.sqs.create_queue(QueueName=f"witness-{name}")["QueueUrl"]
             self.events.put_rule(
                 Name=name,
-                EventPattern=json.dumps(rule["Properties"]["EventPattern"]),
+                EventPattern=json.dumps(_resolved(rule["Properties"]["EventPattern"])),
                 State="ENABLED",
                 Description=rule["Properties"]["Description"],
             )

@@ -270,5 +270,11 @@ def test_describe_lists_every_node_with_the_instance_it_plays(
     assert described[HEAD_NODE.instance_id]["is_head"] is True
     assert described[HEAD_NODE.instance_id]["node_group"] == "head_node"
     assert described[THIRD_WORKER.instance_id]["market_type"] == "spot"
-    assert {node["state"] for node in run.document["nodes"]} <= {"ALIVE", "DRAINING"}
+    assert {node["state"] for node in run.document["nodes"]} <= {"ALIVE", "DRAINING", "DEAD"}
+    # a dead node is listed (as EC2 still describes a terminated instance) only for an
+    # instance that no alive node plays
+    playing = {n["instance_id"] for n in run.document["nodes"] if n["state"] != "DEAD"}
+    departed = [n["instance_id"] for n in run.document["nodes"] if n["state"] == "DEAD"]
+    assert not set(departed) & playing
+    assert len(departed) == len(set(departed))
     assert same_shape(json_shape(run.document), example_response_shape("describe.response.json"))

@@ -180,3 +180,14 @@ def test_base64_request_that_breaks_the_contract_is_refused_and_nothing_is_drain
     assert done.returncode == 2, done.stderr
     assert error in one_json_document(done.stdout)["error"]
     assert drained_by_ray(gcs) == drained_before
+
+
+def test_an_agent_too_old_to_set_ssm_operation_exits_4_and_nothing_runs(tmp_path: Path) -> None:
+    # An SSM Agent before 3.3.2746.0 ignores interpolationType ENV_VAR: no SSM_Operation
+    marker = tmp_path / "ran"
+    done = run_document(tmp_path, "127.0.0.1:1", None, arm_worker_request())
+
+    assert done.returncode == 4, done.stderr
+    error = one_json_document(done.stdout)["error"]
+    assert "SSM Agent is older than 3.3.2746.0" in error
+    assert not marker.exists()

@@ -107,9 +107,14 @@ def handle_batch(bodies: list[str], ledger: Ledger | None = None) -> None:
     assert report.to_retry() == [], report.reasons
     for message_id in message_ids:
         assert report.statuses[message_id] in {RecordStatus.HANDLED, RecordStatus.REJECTED}
-        entries = [n.entry for n in report.notices if n.message_id == message_id]
-        assert entries, f"record {message_id} left nothing in the ledger"
-        for entry in entries:
+        reported = [n for n in report.notices if n.message_id == message_id]
+        assert reported, f"record {message_id} left nothing in the report"
+        # a notice about an instance that is no served Ray node is reported, not stored
+        for item in reported:
+            if not item.stored:
+                assert item.entry.status is Status.IGNORED, item.entry
+                assert item.entry.instance_id not in DIRECTORY.instances
+        for entry in [n.entry for n in reported if n.stored]:
             stored = ledger.get(entry.key)
             assert stored is not None, f"{entry.key} is not in the ledger"
             assert stored.status in FINAL, (stored.key, stored.status, stored.reason)

@@ -173,6 +173,7 @@ def test_on_autoscaler_v2_a_draining_node_no_longer_counts_toward_the_floor_or_t
     monkeypatch.setattr(  # v2's request goes through Ray's SDK: caught here instead
         autoscaler, "send", lambda _gcs, demand, v2: sent.append((v2, list(demand)))
     )
+    monkeypatch.setattr(autoscaler, "foreign_request", lambda _gcs, v2: [])
 
     (request,) = request_replacements(gcs, [ask("i-a", warned)], node_types=TYPES, now=NOW)
 
@@ -223,3 +224,19 @@ def test_a_joined_replacement_is_held_until_the_interrupted_node_is_gone_then_re
     assert released.released[0].reason.endswith("the interrupted node is gone")
     assert gcs.sent() == []
     assert asked.interrupted_node_id == warned
+
+
+def test_replacing_a_request_someone_else_made_is_said_in_the_result() -> None:
+    gcs, warned = cluster()
+    users = [{"CPU": 8.0}]
+    gcs.kv[(b"autoscaler_resource_request", None)] = json.dumps(users).encode()
+
+    (first,) = request_replacements(gcs, [ask("i-a", warned)], node_types=TYPES, now=NOW)
+    (again,) = request_replacements(gcs, [ask("i-b", None)], node_types=TYPES, now=NOW)
+
+    assert first.status == REQUESTED
+    assert (
+        'replaced a resource request of 1 bundle(s) someone else had made (e.g. {"CPU": 8.0}'
+        in (first.reason)
+    )
+    assert "someone else" not in again.reason  # what is in place now is the responder's own

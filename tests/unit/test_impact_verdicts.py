@@ -235,12 +235,12 @@ def test_object_owned_on_the_node_that_nobody_else_holds_costs_nothing() -> None
     assert judgement.verdict == WILL_RECOVER
 
 
-def test_placement_group_with_bundles_on_the_node_is_at_risk_and_named() -> None:
+def test_placement_group_with_bundles_on_the_node_is_rescheduled_by_ray_and_named() -> None:
     group = PlacementGroupOnNode("a1b2c3", "trainers", "STRICT_SPREAD", 1, 4)
 
     judgement = judge(job(placement_groups=[group]))
 
-    assert judgement.verdict == AT_RISK
+    assert judgement.verdict == WILL_RECOVER
     assert judgement.reasons[0].startswith(
         'placement group "trainers" (a1b2c3, STRICT_SPREAD) has 1 of 4 bundles on the node'
     )

@@ -1,6 +1,9 @@
 """The pure decision: what to do about one notice."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from spot_responder.instances import Instance
 from spot_responder.notices import parse_event
@@ -44,7 +47,7 @@ def test_late_warning_still_drains_with_its_real_deadline_already_past():
 def test_warning_for_head_node_alerts_and_never_drains():
     decision = decide(
         notice("spot-interruption-head-node.json"),
-        ray_instance(HEAD, kind="head"),
+        replace(ray_instance(HEAD, kind="head"), lifecycle="spot"),
         Settings(),
         warned=False,
         now=NOW,
@@ -90,7 +93,7 @@ def test_cluster_outside_the_allowlist_is_ignored():
 def test_shutting_down_without_a_warning_drains_at_once():
     decision = decide(
         notice("state-change-shutting-down.json"),
-        ray_instance(X86_WORKER),
+        reclaimed(ray_instance(X86_WORKER)),
         Settings(),
         warned=False,
         now=NOW,
@@ -141,8 +144,145 @@ def test_scheduled_change_drains_with_the_start_time_as_deadline():
         ray_instance(X86_WORKER),
         Settings(safety_margin_s=0),
         warned=False,
-        now=NOW,
+        now=datetime(2026, 11, 22, 11, 50, tzinfo=UTC),
     )
 
     assert decision.action is Action.DRAIN
     assert decision.drain_deadline == datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def reclaimed(instance):
+    """The instance as EC2 describes it while a spot reclaim takes it down."""
+    return replace(instance, state="shutting-down", state_reason="Server.SpotInstanceTermination")
+
+
+def test_scheduled_change_hours_ahead_is_recorded_not_drained_yet():
+    # the retirement starts at 12:00; NOW is 10:00
+    decision = decide(
+        notice("health-scheduled-retirement.json"),
+        ray_instance(X86_WORKER),
+        Settings(),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.RECORD
+    assert "not drained yet" in decision.reason
+
+
+def test_spot_warning_for_an_on_demand_instance_is_recorded_not_drained():
+    decision = decide(
+        notice("spot-interruption-terminate.json"),
+        replace(ray_instance(X86_WORKER), lifecycle="on-demand"),
+        Settings(),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.RECORD
+    assert "on-demand instance" in decision.reason
+    assert not decision.needs_cluster
+
+
+def test_spot_warning_for_an_on_demand_head_is_alerted_all_the_same_and_never_drained():
+    # a head is never acted on; people hear of any notice for it, forged or not
+    decision = decide(
+        notice("spot-interruption-head-node.json"),
+        ray_instance(HEAD, kind="head"),
+        Settings(),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.ALERT
+    assert not decision.needs_cluster
+
+
+def test_shutting_down_without_ec2_facts_is_taken_at_its_word():
+    # a local cluster's directory knows no EC2 state
+    decision = decide(
+        notice("state-change-shutting-down.json"),
+        replace(ray_instance(X86_WORKER), state=None),
+        Settings(),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.DRAIN
+
+
+@pytest.mark.parametrize(
+    ("reason", "who"),
+    [
+        ("Client.UserInitiatedShutdown", "a user or the autoscaler"),
+        ("Client.InstanceInitiatedShutdown", "the node itself"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["worker", "head"])
+def test_a_stop_someone_asked_for_is_recorded_not_drained_or_alerted(reason, who, kind):
+    instance_id = X86_WORKER if kind == "worker" else HEAD
+    instance = replace(
+        ray_instance(instance_id, kind=kind), state="shutting-down", state_reason=reason
+    )
+    event = load_event("state-change-shutting-down.json")
+    event["detail"]["instance-id"] = instance_id
+
+    decision = decide(parse_event(event)[0], instance, Settings(), warned=False, now=NOW)
+
+    assert decision.action is Action.RECORD
+    assert reason in decision.reason
+    assert who in decision.reason
+
+
+def test_shutting_down_event_for_an_instance_ec2_says_is_running_is_not_drained():
+    decision = decide(
+        notice("state-change-shutting-down.json"),
+        ray_instance(X86_WORKER),  # EC2: running
+        Settings(),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.RECORD
+    assert "EC2 says running" in decision.reason
+
+
+def test_scheduled_stop_of_the_head_is_alerted():
+    instance = replace(
+        ray_instance(HEAD, kind="head"), state="stopping", state_reason="Server.ScheduledStop"
+    )
+    event = load_event("state-change-stopping.json")
+    event["detail"]["instance-id"] = HEAD
+
+    decision = decide(parse_event(event)[0], instance, Settings(), warned=False, now=NOW)
+
+    assert decision.action is Action.ALERT
+
+
+def test_capacity_reservation_warning_drains_by_its_own_termination_time():
+    instance = replace(
+        ray_instance(X86_WORKER), lifecycle="on-demand", capacity_reservation_id="cr-0123"
+    )
+    decision = decide(
+        notice("capacity-reservation-interruption.json"),
+        instance,
+        Settings(safety_margin_s=15),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.DRAIN
+    assert decision.replace
+    assert decision.drain_deadline == datetime(2026, 11, 22, 10, 1, 45, tzinfo=UTC)
+
+
+def test_capacity_reservation_warning_for_an_instance_in_no_reservation_is_not_drained():
+    decision = decide(
+        notice("capacity-reservation-interruption.json"),
+        ray_instance(X86_WORKER),
+        Settings(),
+        warned=False,
+        now=NOW,
+    )
+
+    assert decision.action is Action.RECORD

@@ -1,6 +1,7 @@
 """A batch through the Lambda's handler code: one request per cluster, every notice recorded."""
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -42,7 +43,8 @@ def responder(ledger, channel):
     directory = FakeDirectory(
         ray_instance(X86_WORKER),
         ray_instance(ARM_WORKER),
-        ray_instance(HEAD, kind="head"),
+        # a head on spot capacity (against advice): its warnings are real
+        replace(ray_instance(HEAD, kind="head"), lifecycle="spot"),
         ray_instance("i-0b0b0b0b0b0b0b0b1", cluster="second-cluster"),
     )
     return Responder(directory=directory, channel=channel, ledger=ledger, settings=Settings())
@@ -76,12 +78,12 @@ def test_mixed_batch_drains_exactly_the_two_warned_workers_and_records_all_four(
     # THEN exactly the two workers are drained, in one request to their cluster
     assert sorted(channel.drained) == [X86_WORKER, ARM_WORKER]
     assert len(channel.requests) == 1
-    # AND all four outcomes are in the ledger; the malformed one rejected, not retried
+    # AND the three that concern Ray are in the ledger, the malformed one rejected, not
+    # retried; the non-Ray instance's notice is reported as ignored and costs no ledger write
     recorded = statuses(ledger)
-    assert len(recorded) == 4
-    assert sorted(recorded.values()) == sorted(
-        [Status.REJECTED, Status.IGNORED, Status.DRAINED, Status.DRAINED]
-    )
+    assert sorted(recorded.values()) == sorted([Status.REJECTED, Status.DRAINED, Status.DRAINED])
+    (not_ours,) = [n for n in report.notices if not n.stored]
+    assert (not_ours.entry.instance_id, not_ours.entry.status) == (NOT_RAY, Status.IGNORED)
     assert response == {"batchItemFailures": []}
     assert list(report.statuses.values()).count(RecordStatus.REJECTED) == 1
 
@@ -185,15 +187,25 @@ def test_head_node_warning_is_alerted_and_never_sent_to_drain(responder, ledger,
 def test_shutting_down_without_warning_drains_but_after_warning_only_records(
     responder, ledger, channel
 ):
+    def as_ec2_has_it(instance_id, state):
+        instances = responder.directory.instances
+        instances[instance_id] = replace(
+            instances[instance_id], state=state, state_reason="Server.SpotInstanceTermination"
+        )
+
+    as_ec2_has_it(X86_WORKER, "shutting-down")
     respond(sqs_event(load_event("state-change-shutting-down.json")), None, responder)
     assert channel.drained == [X86_WORKER]
 
     respond(sqs_event(warning_for(ARM_WORKER, "w")), None, responder, retime=True)
+    as_ec2_has_it(ARM_WORKER, "stopping")
     stopping = load_event("state-change-stopping.json")
     respond(sqs_event(stopping), None, responder)
 
     assert channel.drained == [X86_WORKER, ARM_WORKER]
-    assert ledger.get(f"{ARM_WORKER}#state-change:stopping").status is Status.RECORDED
+    entry = ledger.get(f"{ARM_WORKER}#state-change:stopping")
+    assert entry.status is Status.RECORDED
+    assert "already drained on warning" in entry.reason
 
 
 def test_unknown_event_kind_is_recorded_as_ignored_not_retried(responder, ledger):

@@ -32,10 +32,24 @@ UNSCOPABLE = {
     "ec2:DescribeSubnets",
     "ec2:DescribeSecurityGroups",
     "ssm:GetCommandInvocation",
+    "ssm:CancelCommand",
+    "ssm:DescribeInstanceInformation",
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
 }
-SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+# The SSM Agent's message channels: no resource-level permissions either.
+AGENT_CHANNELS = {
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+}
 DOCUMENT_ARN = f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/<RespondDocument>"
 INSTANCES_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"
 
@@ -104,6 +118,9 @@ class Stack:
     def _ref(self, name: str) -> Any:
         if name == "AWS::NoValue":
             return NO_VALUE
+        spec = cfn.template()["Parameters"].get(name, {})
+        if spec.get("Type") == "CommaDelimitedList":
+            return self.parameters[name].split(",")
         return PSEUDO.get(name) or self.parameters.get(name, f"<{name}>")
 
     def _sub(self, arg: Any) -> str:
@@ -191,43 +208,72 @@ def test_resource_star_only_for_apis_without_resource_level_permissions(stack):
         assert "NotResource" not in statement, statement["_origin"]
         if "*" in resources(statement):
             assert resources(statement) == ["*"]
-            assert set(actions(statement)) <= UNSCOPABLE, statement["_origin"]
+            assert set(actions(statement)) <= UNSCOPABLE | AGENT_CHANNELS, statement["_origin"]
 
 
-def test_the_only_unscoped_reads_are_ec2_describe_and_command_results(stack):
+def test_the_only_unscoped_reads_are_ec2_describe_and_command_state(stack):
     unscoped_reads = {
         action
         for statement in stack.statements()
         if "*" in resources(statement)
         for action in actions(statement)
-        if not action.startswith("xray:Put")
+        if not action.startswith("xray:Put") and action not in AGENT_CHANNELS
     }
     assert {a for a in unscoped_reads if not a.startswith("ec2:Describe")} <= {
-        "ssm:GetCommandInvocation"
+        "ssm:GetCommandInvocation",
+        "ssm:CancelCommand",
+        "ssm:DescribeInstanceInformation",
     }
 
 
-def test_only_allow_statements(stack):
-    for statement in stack.statements() + stack.statements(stack.resource_policies()):
+def test_identity_policies_only_allow(stack):
+    for statement in stack.statements():
         assert statement["Effect"] == "Allow", statement["_origin"]
 
 
-def test_the_only_managed_policy_is_ssm_managed_instance_core(stack):
+def test_no_role_has_a_managed_policy(stack):
+    # AmazonSSMManagedInstanceCore would let every node read all of Parameter Store
     for name, role in stack.of_type("AWS::IAM::Role").items():
-        managed = role["Properties"].get("ManagedPolicyArns", [])
-        if name in {"RayHeadRole", "RayWorkerRole"}:
-            assert managed == [SSM_CORE]
-        else:
-            assert managed == [], name
+        assert role["Properties"].get("ManagedPolicyArns", []) == [], name
 
 
-def test_every_role_trusts_one_service_of_this_account_only(stack):
+def test_ray_nodes_read_no_parameter_store_value_but_the_public_ami_ids(stack):
+    for role in ("RayHeadRole", "RayWorkerRole"):
+        for statement in stack.role_statements(role):
+            reads = [a for a in actions(statement) if a.startswith("ssm:GetParameter")]
+            if reads:
+                assert role == "RayHeadRole"
+                assert resources(statement) == [
+                    f"arn:aws:ssm:{REGION}::parameter/aws/service/ami-amazon-linux-latest/*"
+                ]
+
+
+def test_nodes_get_what_the_ssm_agent_needs_and_nothing_more_of_ssm(stack):
+    for role in ("RayHeadRole", "RayWorkerRole"):
+        granted = {
+            a
+            for s in stack.role_statements(role)
+            for a in actions(s)
+            if a.split(":")[0] in {"ssm", "ssmmessages", "ec2messages"}
+        }
+        expected = AGENT_CHANNELS | {"ssm:UpdateInstanceInformation"}
+        if role == "RayHeadRole":
+            expected |= {"ssm:GetParameters"}  # the AMI aliases only (above)
+        assert granted == expected, role
+
+
+def test_every_role_trusts_one_service_and_conditions_only_where_aws_documents_them(stack):
     for name, role in stack.of_type("AWS::IAM::Role").items():
         (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
         assert trust["Action"] == "sts:AssumeRole"
         assert set(trust["Principal"]) == {"Service"}, name
         assert isinstance(trust["Principal"]["Service"], str), name
-        assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}, name
+        if trust["Principal"]["Service"] == "ec2.amazonaws.com":
+            # EC2 is not documented to send aws:SourceAccount when it assumes an instance
+            # role: a condition on it could leave every node without credentials.
+            assert "Condition" not in trust, name
+        else:
+            assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}, name
 
 
 # ---------------------------------------------------------------- the functions
@@ -314,7 +360,10 @@ def test_dynamodb_access_is_limited_to_the_ledger_table_and_its_index(stack):
 def test_responder_consumes_only_the_notice_queue_and_writes_only_its_log_group(stack):
     statements = stack.role_statements("ResponderRole")
     sqs = [s for s in statements if any(a.startswith("sqs:") for a in actions(s))]
-    assert [resources(s) for s in sqs] == [["<NoticeQueue.Arn>"]]
+    assert [resources(s) for s in sqs] == [["<NoticeQueue.Arn>"], ["<NoticeDeadLetterQueue.Arn>"]]
+    # the dead-letter queue: only to put there the notices given up on
+    assert actions(sqs[1]) == ["sqs:SendMessage"]
+    assert "sqs:SendMessage" not in actions(sqs[0])
     logs = [s for s in statements if any(a.startswith("logs:") for a in actions(s))]
     assert [resources(s) for s in logs] == [["<ResponderLogGroup.Arn>"]]
     assert set(actions(logs[0])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
@@ -351,14 +400,39 @@ def test_sam_transform_adds_no_role_or_policy_of_its_own(monkeypatch):
 # ---------------------------------------------------------------- the Ray nodes
 
 
-def test_ray_head_launches_only_instances_tagged_as_ray_workers(stack):
+def cluster_scope(stack: Stack, key: str) -> dict[str, Any]:
+    """The ray-cluster-name part of a head-role condition: the allowlist when there is one."""
+    if stack.conditions["HasClusterAllowlist"]:
+        return {"StringEquals": {key: ["ray-on-aws", "batch-2"]}}
+    return {"StringLike": {key: "?*"}}
+
+
+def merged(*conditions: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for condition in conditions:
+        for operator, keys in condition.items():
+            out.setdefault(operator, {}).update(keys)
+    return out
+
+
+def test_ray_head_launches_only_ray_workers_of_the_bundles_instance_types(stack):
+    from ray_hooks.bundle.render import ClusterOptions
+
     statements = stack.role_statements("RayHeadRole")
     (on_instances,) = [
         s for s in statements if "ec2:RunInstances" in actions(s) and INSTANCES_ARN in resources(s)
     ]
     assert resources(on_instances) == [INSTANCES_ARN]
-    assert on_instances["Condition"]["StringEquals"] == {"aws:RequestTag/ray-node-type": "worker"}
-    assert on_instances["Condition"]["StringLike"] == {"aws:RequestTag/ray-cluster-name": "?*"}
+    bundle_types = [ClusterOptions.x86_instance_type, ClusterOptions.arm_instance_type]
+    assert on_instances["Condition"] == merged(
+        {
+            "StringEquals": {
+                "aws:RequestTag/ray-node-type": "worker",
+                "ec2:InstanceType": bundle_types,
+            }
+        },
+        cluster_scope(stack, "aws:RequestTag/ray-cluster-name"),
+    )
 
 
 def test_ray_head_terminates_only_ray_workers(stack):
@@ -366,21 +440,30 @@ def test_ray_head_terminates_only_ray_workers(stack):
         s for s in stack.role_statements("RayHeadRole") if "ec2:TerminateInstances" in actions(s)
     ]
     assert resources(terminate) == [INSTANCES_ARN]
-    assert terminate["Condition"]["StringEquals"] == {"aws:ResourceTag/ray-node-type": "worker"}
+    assert terminate["Condition"] == merged(
+        {"StringEquals": {"aws:ResourceTag/ray-node-type": "worker"}},
+        cluster_scope(stack, "aws:ResourceTag/ray-cluster-name"),
+    )
 
 
-def test_ray_head_tags_only_at_launch_or_instances_of_ray_clusters(stack):
+def test_ray_head_retags_only_the_status_tags_of_workers(stack):
     tagging = [s for s in stack.role_statements("RayHeadRole") if "ec2:CreateTags" in actions(s)]
     assert len(tagging) == 2
+    at_launch, after = sorted(tagging, key=lambda s: "ec2:CreateAction" not in str(s))
+    assert at_launch["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
+    # after launch Ray sets only these (ray/autoscaler/_private/updater.py); ray-node-type
+    # and ray-cluster-name cannot be rewritten, so a head cannot be turned into a worker
+    assert after["Condition"] == merged(
+        {"StringEquals": {"aws:ResourceTag/ray-node-type": "worker"}},
+        cluster_scope(stack, "aws:ResourceTag/ray-cluster-name"),
+        {
+            "ForAllValues:StringEquals": {
+                "aws:TagKeys": ["ray-node-status", "ray-runtime-config", "ray-file-mounts-contents"]
+            }
+        },
+    )
     for statement in tagging:
         assert resources(statement) == [INSTANCES_ARN]
-        assert statement["Condition"] in (
-            {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
-            {
-                "StringLike": {"aws:ResourceTag/ray-cluster-name": "?*"},
-                "ForAllValues:StringLike": {"aws:TagKeys": ["ray-*", "Name"]},
-            },
-        )
 
 
 def test_ray_head_passes_only_the_worker_role_and_only_to_ec2(stack):
@@ -390,14 +473,14 @@ def test_ray_head_passes_only_the_worker_role_and_only_to_ec2(stack):
     assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
 
 
-def test_ray_workers_may_do_nothing_but_ssm_and_optional_spilling(stack):
-    worker = stack.role_statements("RayWorkerRole")
-    for statement in worker:
-        assert statement["_origin"] == "RaySpillPolicy"
-        assert all(a.startswith("s3:") for a in actions(statement))
+def test_ray_workers_may_do_nothing_but_run_the_ssm_agent_and_optional_spilling(stack):
+    for statement in stack.role_statements("RayWorkerRole"):
+        assert statement["_origin"] in {"RaySsmAgentPolicy", "RaySpillPolicy"}
+        if statement["_origin"] == "RaySpillPolicy":
+            assert all(a.startswith("s3:") for a in actions(statement))
     role = stack.resources["RayWorkerRole"]["Properties"]
     assert "Policies" not in role
-    assert role["ManagedPolicyArns"] == [SSM_CORE]
+    assert "ManagedPolicyArns" not in role
 
 
 def test_object_spilling_reaches_only_its_prefix_of_the_named_bucket():
@@ -460,11 +543,53 @@ def test_drill_interrupts_only_spot_workers_of_the_named_cluster():
 
 
 def test_queues_accept_messages_only_from_the_stacks_rules(stack):
-    (statement,) = stack.resource_policies()["NoticeQueuePolicy"]["Statement"]
-    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
-    assert actions(statement) == ["sqs:SendMessage"]
+    allow, deny_notices, deny_dead_letters = stack.resource_policies()["NoticeQueuePolicy"][
+        "Statement"
+    ]
     rules = {f"<{name}.Arn>" for name in stack.of_type("AWS::Events::Rule")}
-    assert set(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == rules
+    assert allow["Effect"] == "Allow"
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert actions(allow) == ["sqs:SendMessage"]
+    assert set(allow["Condition"]["ArnEquals"]["aws:SourceArn"]) == rules
+    # AND nobody else in the account may send, whatever their identity policy says: an
+    # explicit deny for every sender that is neither a rule nor an allowed role
+    for deny, queue, allowed_roles in (
+        (deny_notices, "<NoticeQueue.Arn>", []),
+        (deny_dead_letters, "<NoticeDeadLetterQueue.Arn>", ["<ResponderRole.Arn>"]),
+    ):
+        assert (deny["Effect"], deny["Principal"], actions(deny)) == (
+            "Deny",
+            "*",
+            ["sqs:SendMessage"],
+        )
+        assert resources(deny) == [queue]
+        condition = deny["Condition"]["ArnNotEquals"]
+        assert set(condition["aws:SourceArn"]) == rules
+        assert as_list(condition.get("aws:PrincipalArn", [])) == allowed_roles
+
+
+def test_an_operator_role_may_send_test_notices_when_named():
+    arn = "arn:aws:iam::123456789012:role/ray-operators"
+    _, deny_notices, deny_dead_letters = Stack({"OperatorRoleArn": arn}).resource_policies()[
+        "NoticeQueuePolicy"
+    ]["Statement"]
+    assert deny_notices["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == arn
+    assert deny_dead_letters["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
+        "<ResponderRole.Arn>",
+        arn,
+    ]
+
+
+def test_every_rule_matches_only_the_stacks_own_account(stack):
+    for name, rule in stack.of_type("AWS::Events::Rule").items():
+        assert rule["Properties"]["EventPattern"]["account"] == [ACCOUNT], name
+
+
+def test_health_rule_takes_only_the_codes_that_take_an_instance_down():
+    from spot_responder.notices import INSTANCE_DOWN_CODES
+
+    pattern = Stack(DEFAULTS).resources["HealthScheduledChangeRule"]["Properties"]["EventPattern"]
+    assert set(pattern["detail"]["eventTypeCode"]) == INSTANCE_DOWN_CODES
 
 
 def test_alarm_topic_accepts_only_cloudwatch_of_this_account(stack):
@@ -482,9 +607,13 @@ def test_timeouts_fit_the_two_minute_notice_window():
     function = stack.resources["ResponderFunction"]["Properties"]
     queue = stack.resources["NoticeQueue"]["Properties"]
     document = stack.resources["RespondDocument"]["Properties"]["Content"]
+    event = function["Events"]["Notices"]["Properties"]
     (step,) = document["mainSteps"]
-    # SQS -> Lambda refuses a visibility timeout below the function timeout
-    assert queue["VisibilityTimeout"] >= function["Timeout"]
+    # AWS: the visibility timeout at least six times the function timeout, plus the window
+    assert (
+        queue["VisibilityTimeout"]
+        >= 6 * function["Timeout"] + event["MaximumBatchingWindowInSeconds"]
+    )
     # the function waits for the head node, then still has time to record the outcome
     command_timeout = int(stack.parameters["CommandTimeoutSeconds"])
     max_command_timeout = cfn.template()["Parameters"]["CommandTimeoutSeconds"]["MaxValue"]
@@ -493,13 +622,28 @@ def test_timeouts_fit_the_two_minute_notice_window():
     assert int(step["inputs"]["timeoutSeconds"]) < 120
     # failed records come back after RetryDelaySeconds, not the visibility timeout
     assert int(stack.parameters["RetryDelaySeconds"]) <= 10
-    event = function["Events"]["Notices"]["Properties"]
     assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert event["MaximumBatchingWindowInSeconds"] <= 1
     redrive = queue["RedrivePolicy"]
     assert redrive["deadLetterTargetArn"] == "<NoticeDeadLetterQueue.Arn>"
     env = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
     assert int(env["MAX_RECEIVE_COUNT"]) == redrive["maxReceiveCount"]
+    # retries are counted in time: the receive count is only a backstop, far beyond the
+    # retries that fit in a notice window
+    assert redrive["maxReceiveCount"] * int(stack.parameters["RetryDelaySeconds"]) >= 120
+    assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "NoticeDeadLetterQueue"}
+
+
+def test_event_source_never_runs_more_invocations_than_are_reserved():
+    for reserved in ("10", "2", "100"):
+        stack = Stack({"ReservedConcurrency": reserved})
+        function = stack.resources["ResponderFunction"]["Properties"]
+        event = function["Events"]["Notices"]["Properties"]
+        assert function["ReservedConcurrentExecutions"] == reserved
+        assert event["ScalingConfig"] == {"MaximumConcurrency": reserved}
+    unreserved = Stack({"ReservedConcurrency": "-1"}).resources["ResponderFunction"]
+    assert "ReservedConcurrentExecutions" not in unreserved["Properties"]
+    assert "ScalingConfig" not in unreserved["Properties"]["Events"]["Notices"]["Properties"]
 
 
 def test_functions_get_every_setting_the_code_reads():
@@ -532,6 +676,7 @@ def test_alarms_watch_the_metrics_the_responder_emits():
         ("AWS/Lambda", "Errors"),
         ("SpotResponder", "DrainFailures"),
         ("SpotResponder", "HeadNodeNotices"),
+        ("SpotResponder", "HeadAgentTooOld"),
     } <= watched
     for alarm in stack.of_type("AWS::CloudWatch::Alarm").values():
         props = alarm["Properties"]

@@ -78,4 +78,6 @@ def _instance(raw: dict[str, Any]) -> Instance:
         instance_type=raw.get("InstanceType"),
         lifecycle="spot" if raw.get("InstanceLifecycle") == "spot" else "on-demand",
         state=raw.get("State", {}).get("Name"),
+        state_reason=raw.get("StateReason", {}).get("Code"),
+        capacity_reservation_id=raw.get("CapacityReservationId"),
     )

@@ -40,7 +40,9 @@ class RayLabelDirectory:
                     node_type=node.get("node_group"),
                     private_ip=node.get("ip"),
                     lifecycle=node.get("market_type"),
-                    state="terminated" if node.get("state") == "DEAD" else "running",
+                    # A dead Ray node is what EC2 calls terminated; of a live one this
+                    # stand-in knows nothing (no EC2 here), so the event is taken at its word.
+                    state="terminated" if node.get("state") == "DEAD" else None,
                 )
                 for node in nodes
                 if node.get("instance_id")

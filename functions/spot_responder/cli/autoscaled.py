@@ -102,7 +102,19 @@ class AutoscaledLocalCluster:
     ) -> None:
         self.shutdown()
 
-    def start(self, timeout_s: float = 90.0) -> None:
+    def start(self, timeout_s: float = 120.0, attempts: int = 2) -> None:
+        """Start the head; once more when `ray start` gave up (its raylet must register
+        within a fixed 30 s, which a machine busy with other work sometimes misses)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start(timeout_s)
+                return
+            except RuntimeError:  # `ray start` exited
+                self.shutdown()
+                if attempt == attempts:
+                    raise
+
+    def _start(self, timeout_s: float) -> None:
         # A short path: Ray's unix sockets live under it (108-byte limit).
         self.temp_dir = tempfile.mkdtemp(prefix="rsr-demo-", dir="/tmp")
         port = _free_port()

@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from spot_responder.budget import Budget
 from spot_responder.handlers import aws
 from spot_responder.observability import logger, metrics, tracer
 from spot_responder.reconcile import reconcile
@@ -18,7 +19,11 @@ from spot_responder.reconcile import reconcile
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = reconcile(
-        aws.directory().clusters_with_heads(), aws.channel(), aws.settings(), aws.ledger()
+        aws.directory().clusters_with_heads(),
+        aws.channel(),
+        aws.settings(),
+        budget=Budget.of(context),
+        ledger=aws.ledger(),
     )
     for item in report.clusters:
         if item.error:

@@ -113,6 +113,7 @@ COUNTERS = {
     Status.IGNORED: "NoticesIgnored",
     Status.FAILED: "DrainFailures",
     Status.DEAD_LETTERED: "DrainFailures",
+    Status.AGENT_TOO_OLD: "HeadAgentTooOld",
 }
 
 
@@ -136,7 +137,9 @@ def _log_and_measure(report: BatchReport) -> None:
             metrics.add_metric(
                 "DrainLatencyMs", MetricUnit.Milliseconds, latency.total_seconds() * 1000
             )
-        if entry.status is Status.ALERTED:
+        if entry.status is Status.AGENT_TOO_OLD:
+            logger.error(f"head node cannot run the document: {entry.reason}", extra=fields)
+        elif entry.status is Status.ALERTED:
             logger.error(f"HEAD NODE notice, not drained: {entry.reason}", extra=fields)
         elif entry.status in {Status.FAILED, Status.DEAD_LETTERED, Status.REJECTED}:
             logger.warning(f"notice not handled: {entry.reason}", extra=fields)
