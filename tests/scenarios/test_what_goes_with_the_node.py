@@ -89,29 +89,7 @@ def test_what_ray_brings_back_after_a_preemption(
     assert outcome == JOBS[name][2], (name, job.outcomes)
 
 
-#: The verdict is wrong here today; the test stays, to turn green when it is mended.
-KNOWN_WRONG = {
-    "placement group bundle there": (
-        "the responder judges a job with a placement-group bundle on the node at-risk, but Ray "
-        "re-places the bundle on a node with room (the spare worker) and the task in it "
-        "finishes: will-recover (also all 8 misses of make bench-verdicts)"
-    ),
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_WRONG[name])]
-            if name in KNOWN_WRONG
-            else [],
-        )
-        for name in JOBS
-        if name not in UNSEEN
-    ],
-)
+@pytest.mark.parametrize("name", [name for name in JOBS if name not in UNSEEN])
 def test_the_verdict_matches_what_ray_then_did(
     played: tuple[dict[str, Job], Round], name: str
 ) -> None:
