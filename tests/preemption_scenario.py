@@ -12,22 +12,22 @@ started on the notice, finished before the kill, and how many steps of the tasks
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ray_hooks.bundle.checkpoint_job import Progress, resumable_task
-from tests.ray_hooks_support import notice, request, run_ray_hooks
+from tests.ray_hooks_support import (
+    FAST_NODE_DEATH,
+    environment,
+    notice,
+    request,
+    run_ray_hooks,
+)
 
 LABEL = "spot-responder/instance-id"
 WORKER = "i-0a1b2c3d4e5f60091"
-FAST_DEATH = {
-    "RAY_health_check_period_ms": "1000",
-    "RAY_health_check_failure_threshold": "3",
-    "RAY_health_check_timeout_ms": "500",
-}
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,15 @@ class Saver:
 
 def interrupt(responder: bool, *, window_s: float = 12.0, tasks: int = 2) -> Interruption:
     """Start a cluster, run the work, warn, kill at the termination time, and measure."""
+    with environment(FAST_NODE_DEATH):
+        return _interrupt(responder, window_s, tasks)
+
+
+def _interrupt(responder: bool, window_s: float, tasks: int) -> Interruption:
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    saved = {name: os.environ.get(name) for name in FAST_DEATH}
-    os.environ.update(FAST_DEATH)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         worker = cluster.add_node(num_cpus=tasks + 1, labels={LABEL: WORKER})
@@ -133,11 +136,6 @@ def interrupt(responder: bool, *, window_s: float = 12.0, tasks: int = 2) -> Int
     finally:
         ray.shutdown()
         cluster.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _wait_for_steps(progress: Any, count: int, timeout_s: float) -> None:

@@ -7,12 +7,35 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 CONTRACT = Path(__file__).resolve().parent / "contract"
+#: What makes the GCS book a SIGKILLed raylet dead within seconds (set before Ray starts).
+FAST_NODE_DEATH = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_timeout_ms": "500",
+}
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """`os.environ` with `values` for the block (the Ray processes started in it inherit them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass(frozen=True)

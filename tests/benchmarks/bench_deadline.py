@@ -29,6 +29,7 @@ from typing import Any
 
 from tests.benchmarks.report import machine, machine_line, publish, pyplot, replot_option, saved
 from tests.benchmarks.report import table as markdown_table
+from tests.ray_hooks_support import environment
 
 NODES = 4
 WATCHERS = (0, 40, 2000)
@@ -165,12 +166,15 @@ def _latency(drains: int) -> dict[str, Any]:
 
 
 def _cost() -> list[dict[str, Any]]:
+    with environment(FAST_DUMPS):
+        return _cost_rows()
+
+
+def _cost_rows() -> list[dict[str, Any]]:
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    saved_env = {name: os.environ.get(name) for name in FAST_DUMPS}
-    os.environ.update(FAST_DUMPS)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     rows: list[dict[str, Any]] = []
     try:
@@ -211,11 +215,6 @@ def _cost() -> list[dict[str, Any]]:
     finally:
         ray.shutdown()
         cluster.shutdown()
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return rows
 
 

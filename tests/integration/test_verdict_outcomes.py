@@ -10,7 +10,6 @@ what Ray's own tables say happened. The test reads Ray's tables itself too.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,27 +18,31 @@ from typing import Any
 
 import pytest
 
-from tests.ray_hooks_support import notice, request, run_ray_hooks
+from tests.ray_hooks_support import (
+    FAST_NODE_DEATH,
+    environment,
+    notice,
+    request,
+    run_ray_hooks,
+)
 
 pytestmark = pytest.mark.ray
 
 LABEL = "spot-responder/instance-id"
 RESTARTABLE = "i-0a1b2c3d4e5f60071"
 FRAGILE = "i-0a1b2c3d4e5f60072"
-FAST_DEATH = {
-    "RAY_health_check_period_ms": "1000",
-    "RAY_health_check_failure_threshold": "3",
-    "RAY_health_check_timeout_ms": "500",
-}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
+    with environment(FAST_NODE_DEATH):
+        yield from _cluster()
+
+
+def _cluster() -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    saved = {name: os.environ.get(name) for name in FAST_DEATH}
-    os.environ.update(FAST_DEATH)
     temp_dir = tempfile.mkdtemp(prefix="spot-outcomes-")
     cluster = Cluster(
         initialize_head=True,
@@ -57,11 +60,6 @@ def cluster() -> Iterator[Any]:
     finally:
         ray.shutdown()
         cluster.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class Keeper:
@@ -94,6 +92,19 @@ def death_reason(gcs: Any, node_id: str) -> str:
 
     (info,) = [i for i in gcs.get_all_node_info().values() if bytes(i.node_id).hex() == node_id]
     return str(common_pb2.NodeDeathInfo.Reason.Name(info.death_info.reason))
+
+
+def reconcile(cluster: Any, request_id: str) -> Any:
+    """`python -m ray_hooks reconcile`, with outcomes read as soon as a node is dead."""
+    return run_ray_hooks(
+        "reconcile",
+        "--address",
+        cluster.address,
+        stdin=json.dumps(
+            {"version": 1, "operation": "reconcile", "cluster": "c", "request_id": request_id}
+        ),
+        env={"RAY_HOOKS_OUTCOME_SETTLE_S": "0"},
+    )
 
 
 def wait_until(condition: Any, timeout_s: float, what: str) -> None:
@@ -158,15 +169,7 @@ def test_verdicts_are_checked_against_what_ray_did_once_the_node_is_gone(cluster
     assert ray.get(restartable.where.remote(), timeout=60) == cluster.spare.node_id
 
     # AND reconcile reports, per judged job, the same as Ray's own tables
-    checked = run_ray_hooks(
-        "reconcile",
-        "--address",
-        cluster.address,
-        stdin=json.dumps(
-            {"version": 1, "operation": "reconcile", "cluster": "c", "request_id": "rec-1"}
-        ),
-        env={"RAY_HOOKS_OUTCOME_SETTLE_S": "0"},
-    )
+    checked = reconcile(cluster, "rec-1")
     assert checked.code == 0, checked.stderr
     outcomes = {o["instance_id"]: o for o in checked.document["verdict_outcomes"]}
     assert {k: (o["verdict"], o["outcome"]) for k, o in outcomes.items()} == {
@@ -177,15 +180,7 @@ def test_verdicts_are_checked_against_what_ray_did_once_the_node_is_gone(cluster
     assert any("1 restart(s), 1 free" in d for d in outcomes[RESTARTABLE]["details"])
 
     # AND a reported outcome is not reported again
-    again = run_ray_hooks(
-        "reconcile",
-        "--address",
-        cluster.address,
-        stdin=json.dumps(
-            {"version": 1, "operation": "reconcile", "cluster": "c", "request_id": "rec-2"}
-        ),
-        env={"RAY_HOOKS_OUTCOME_SETTLE_S": "0"},
-    )
+    again = reconcile(cluster, "rec-2")
     assert again.document["verdict_outcomes"] == []
 
 
