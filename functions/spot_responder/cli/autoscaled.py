@@ -295,7 +295,10 @@ class AutoscaledLocalCluster:
             victims |= more
             grew = bool(more)
         killed_at = time.time()
-        for pid in victims:
+        # The raylet first: killed after one of its agents, it would see the agent go and
+        # exit by itself, booking its own death as UNEXPECTED_TERMINATION before the GCS
+        # could judge it (EC2 takes the whole machine at once).
+        for pid in [*raylets, *(victims - set(raylets))]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return killed_at
