@@ -29,6 +29,7 @@ the others'.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -52,6 +53,8 @@ HEAD_NODE_MESSAGE = "refused: this is the head node; it is never drained"
 _RPC_TIMEOUT_S = 10.0
 #: Drains in flight at once for one request (each is one GCS -> raylet round trip).
 MAX_PARALLEL_DRAINS = 16
+#: Seconds a drain not yet seen draining is read back again before it is unconfirmed.
+READ_BACK_S = 3.0
 
 Clock = Callable[[], datetime]
 
@@ -159,31 +162,44 @@ def confirm(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:
     return {**drains, **_read_back(gcs, issued)}
 
 
-def _read_back(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:
-    try:
-        draining = compat.draining_nodes(gcs, _RPC_TIMEOUT_S)
-        gone = {
-            node.node_id: node
-            for node in list_nodes(gcs, draining=draining)
-            if not node.is_alive and node.node_id in drains
-        }
-    except Exception as exc:  # the drains were accepted; say they could not be read back
-        return {
-            node_id: replace(drain, outcome=DRAIN_UNCONFIRMED, message=_unread(drain, exc))
+def _read_back(
+    gcs: NodeDrainer, drains: Mapping[str, Drain], settle_s: float = READ_BACK_S
+) -> dict[str, Drain]:
+    """Read the drains back; a node not yet seen draining is read again for up to `settle_s`
+    (a Ray before 2.60 reports a drain only through the node's own snapshot, about a second
+    later, and without its deadline)."""
+    give_up = time.monotonic() + settle_s
+    while True:
+        try:
+            draining = compat.draining_nodes(gcs, _RPC_TIMEOUT_S)
+            nodes = {
+                node.node_id: node
+                for node in list_nodes(gcs, draining=draining)
+                if node.node_id in drains
+            }
+        except Exception as exc:  # the drains were accepted; say they could not be read back
+            return {
+                node_id: replace(drain, outcome=DRAIN_UNCONFIRMED, message=_unread(drain, exc))
+                for node_id, drain in drains.items()
+            }
+        read = {
+            node_id: _confirmed(drain, draining.get(node_id), nodes.get(node_id))
             for node_id, drain in drains.items()
         }
-    return {
-        node_id: _confirmed(drain, draining.get(node_id), gone.get(node_id))
-        for node_id, drain in drains.items()
-    }
+        if time.monotonic() >= give_up or all(r.outcome == DRAINED for r in read.values()):
+            return read
+        time.sleep(0.25)
 
 
-def _confirmed(drain: Drain, held_ms: int | None, gone: RayNode | None) -> Drain:
+def _confirmed(drain: Drain, held_ms: int | None, node: RayNode | None) -> Drain:
     given_ms = _ms(drain.deadline)
     if held_ms is not None and held_ms != 0 and held_ms <= given_ms:
         return drain
+    gone = node if node is not None and not node.is_alive else None
     if gone is not None and gone.death_reason == PREEMPTED_DEATH:
         return replace(drain, message=f"{drain.message}; the node was idle and has left already")
+    if held_ms is None and node is not None and node.state == DRAINING:
+        return replace(drain, message=f"{drain.message}; Ray reports the node draining")
     if held_ms is None:
         why = "the node is not draining" if gone is None else f"the node died: {gone.death_message}"
     else:

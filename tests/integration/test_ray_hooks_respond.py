@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ray_hooks import compat
 from spot_responder.cli.embedded import (
     ARM_SPOT_WORKER,
     HEAD_NODE,
@@ -187,7 +188,7 @@ def test_a_draining_node_keeps_the_earliest_deadline_any_notice_gave_it(
         cluster,
         notice(ARM_SPOT_WORKER.instance_id, deadline=first_deadline + timedelta(seconds=10)),
     )
-    held_after_later = gcs.get_draining_nodes()[worker]
+    held_after_later = compat.draining_nodes(gcs, 10)[worker]
     earlier_deadline = first_deadline - timedelta(seconds=30)
     earlier = respond(
         cluster,
@@ -206,7 +207,7 @@ def test_a_draining_node_keeps_the_earliest_deadline_any_notice_gave_it(
     # AND an earlier one replaces it in Ray's own books
     (moved,) = earlier.document["results"]
     assert moved["outcome"] == "drained"
-    assert gcs.get_draining_nodes()[worker] == int(earlier_deadline.timestamp() * 1000)
+    assert compat.draining_nodes(gcs, 10)[worker] == int(earlier_deadline.timestamp() * 1000)
     assert [actor["name"] for actor in moved["impacted_jobs"][0]["actors"]] == ["arm-progress"]
     del busy  # the node exits once its last actor is gone
 
