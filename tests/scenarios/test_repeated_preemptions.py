@@ -112,6 +112,8 @@ def job_gone(lane: Lane, gate: Any, timeout_s: float = 90) -> str:
     while time.monotonic() < deadline:
         try:
             where = ray.get(lane.actor.node.remote(), timeout=10)
+        except ray.exceptions.GetTimeoutError:
+            continue  # a slow machine: ask again until the deadline
         except ray.exceptions.ActorDiedError as exc:
             return f"the actor died: {str(exc)[:200]}"
         except ray.exceptions.RayActorError:
