@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from spot_responder.cli.embedded import _free_port, _ray_address_file_kept
+from spot_responder.cli.lifecycle import StartedInWith
 
 INSTANCE_ID_LABEL = "spot-responder/instance-id"
 #: The resource every worker has and the scenarios' work asks for (never the head).
@@ -80,7 +81,7 @@ def health_checks_shortened() -> Iterator[None]:
                 os.environ[key] = value
 
 
-class PreemptibleCluster:
+class PreemptibleCluster(StartedInWith):
     """Head (0 CPUs) + workers that can be preempted; use it with `with`."""
 
     def __init__(self, worker_cpus: int = 2) -> None:
@@ -89,17 +90,6 @@ class PreemptibleCluster:
         self._temp_dir: str | None = None
         self.workers: dict[str, Worker] = {}
         self._serial = 0
-
-    def __enter__(self) -> PreemptibleCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.shutdown()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
 
     def start(self) -> None:
         self._temp_dir = tempfile.mkdtemp(prefix="rs-")

@@ -32,10 +32,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import yaml
+
+from spot_responder.cli.lifecycle import StartedInWith
 
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"
 FAKE_PROVIDER_CLASS = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
@@ -64,7 +65,7 @@ class LocalNode:
     death_message: str = ""
 
 
-class AutoscaledLocalCluster:
+class AutoscaledLocalCluster(StartedInWith):
     """A head with the real autoscaler; worker types as given (a `ray up` config's shape)."""
 
     def __init__(
@@ -85,22 +86,6 @@ class AutoscaledLocalCluster:
         self.config_path = ""
 
     # ------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.shutdown()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.shutdown()
 
     def start(self, timeout_s: float = 120.0, attempts: int = 2) -> None:
         """Start the head; once more when `ray start` gave up (its raylet must register

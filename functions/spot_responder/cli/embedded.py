@@ -21,8 +21,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from spot_responder.cli.lifecycle import StartedInWith
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ ARM_SPOT_WORKER = EmbeddedNode("i-0a1b2c3d4e5f60002", "arm_spot_worker", "spot")
 SPOT_WORKERS = (X86_SPOT_WORKER, ARM_SPOT_WORKER)
 
 
-class EmbeddedRayCluster:
+class EmbeddedRayCluster(StartedInWith):
     """A local Ray cluster (head + spot workers) for replay and tests; use it with `with`."""
 
     def __init__(
@@ -71,22 +72,6 @@ class EmbeddedRayCluster:
         self._temp_dir: str | None = None
 
     # ------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.shutdown()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.shutdown()
 
     def start(self) -> None:
         """Start the head, then each worker; return when all of them are alive."""
