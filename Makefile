@@ -28,6 +28,7 @@ test: $(STAMP)
 RAY_OLDEST ?= 2.50.0
 OLDEST_VENV = $(VENV)-ray-$(RAY_OLDEST)
 RAY_SIDE_TESTS = tests/unit/test_ray_compat.py tests/integration/test_ray_hooks_respond.py \
+	tests/integration/test_verdict_outcomes.py \
 	tests/integration/test_impact_verdicts.py
 test-ray-oldest:
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)

@@ -190,15 +190,15 @@ def _decide(
     ttl_s: float,
 ) -> CapacityRequest:
     waiting = waiting_by_type(outstanding)
-    no_room = cluster_full(shape, waiting)
-    if no_room is not None:
-        return not_requested(ask, no_room)
     full = full_types(shape, config.node_types, waiting)
     choice = choose_replacement(
         interrupted, config.node_types, unavailable, ask.options.mode, full=full
     )
-    if isinstance(choice, NoReplacement):
+    if isinstance(choice, NoReplacement):  # the node's own candidates say most: first
         return not_requested(ask, choice.reason)
+    no_room = cluster_full(shape, waiting)
+    if no_room is not None:
+        return not_requested(ask, no_room)
     return CapacityRequest(
         notice_id=ask.notice_id,
         instance_id=ask.instance_id,

@@ -123,7 +123,7 @@ def _latency(drains: int) -> dict[str, Any]:
         ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
         gcs = GcsClient(address=cluster.gcs_address)
         told = ray.remote(num_cpus=0.1)(Told)
-        while len(delays) < drains:
+        while len(delays) < 2 * drains:  # two actors per drained node
             nodes = [cluster.add_node(num_cpus=1) for _ in range(NODES)]
             cluster.wait_for_nodes()
             actors = [

@@ -204,6 +204,31 @@ def test_the_cluster_at_its_max_workers_gets_no_replacement_with_the_figures(
     assert request.reason.startswith("the cluster is at its max_workers 2 (2 worker(s) counted")
 
 
+def test_when_the_only_candidate_type_is_full_its_figures_are_the_reason_not_the_cluster(
+    tmp_path: Path,
+) -> None:
+    gcs, warned = cluster()
+    gcs.add("busy", "x86_spot_worker_2")
+    types = {name: t for name, t in TYPES.items() if name != "x86_ondemand_worker"}
+    config = {
+        "max_workers": 2,  # the cluster is full too: the candidate's own limit says more
+        "available_node_types": {
+            name: {
+                "resources": dict(t.resources),
+                "max_workers": 1 if name == "x86_spot_worker_2" else t.max_workers,
+            }
+            for name, t in types.items()
+        },
+    }
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    (request,) = request_replacements(gcs, [ask("i-a", warned)], config_path=str(path), now=NOW)
+
+    assert request.status == NO_REPLACEMENT
+    assert "x86_spot_worker_2 (at its max_workers 1: 1 node(s) counted" in request.reason
+
+
 def test_a_joined_replacement_is_held_until_the_interrupted_node_is_gone_then_released() -> None:
     gcs, warned = cluster()
     (asked,) = request_replacements(gcs, [ask("i-a", warned)], node_types=TYPES, now=NOW)
