@@ -21,14 +21,14 @@ replay: $(STAMP)
 
 ## The whole test suite (what CI runs).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## The Ray-side integration tests again on the oldest Ray ray_hooks supports
 ## (ray_hooks/compat.py MIN_RAY), in a virtualenv of their own; `make test` covers the newest.
 RAY_OLDEST ?= 2.50.0
 OLDEST_VENV = $(VENV)-ray-$(RAY_OLDEST)
 RAY_SIDE_TESTS = tests/unit/test_ray_compat.py tests/integration/test_ray_hooks_respond.py \
-	tests/integration/test_verdict_outcomes.py \
+	tests/integration/test_verdict_outcomes.py tests/integration/test_preemption_signal.py \
 	tests/integration/test_impact_verdicts.py
 test-ray-oldest:
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)

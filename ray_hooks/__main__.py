@@ -184,22 +184,7 @@ def _reconcile(text: str, address_flag: str | None) -> JsonObject:
         raise ClusterUnreachable(str(exc)) from exc
     document = reconcile_response(request, result, ray_version(), time.perf_counter() - _STARTED)
     document["verdict_outcomes"] = _verdict_outcomes(gcs, address, settle)
-    _forget_kept_deadlines(gcs)
     return document
-
-
-def _forget_kept_deadlines(gcs: Any) -> None:
-    """On a Ray that reports no drain deadlines, drop those kept for nodes that have left."""
-    from ray_hooks.compat import probe
-    from ray_hooks.drain import forget_gone
-    from ray_hooks.nodes import list_nodes
-
-    if probe().draining_from_gcs_client:
-        return
-    try:
-        forget_gone(gcs, list_nodes(gcs))
-    except Exception:  # dropped at the next reconcile
-        log.exception("kept drain deadlines not dropped")
 
 
 def _verdict_outcomes(gcs: object, address: str, settle: Callable[..., Any]) -> list[JsonObject]:

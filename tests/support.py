@@ -104,13 +104,21 @@ class FakeChannel:
     failure: Exception | None = None
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     drained: list[str] = field(default_factory=list)
+    #: What reconcile reports about judged jobs whose node is gone.
+    verdict_outcomes: list[dict[str, Any]] = field(default_factory=list)
 
     def call(self, cluster: str, request: dict[str, Any]) -> dict[str, Any]:
         """Any other operation (reconcile): what was released and what is still wanted."""
         self.requests.append((cluster, request))
         if self.failure is not None:
             raise self.failure
-        return {"version": 1, "cluster": cluster, "released": ["r-1"], "outstanding": []}
+        return {
+            "version": 1,
+            "cluster": cluster,
+            "released": ["r-1"],
+            "outstanding": [],
+            "verdict_outcomes": list(self.verdict_outcomes),
+        }
 
     def send(self, cluster: str, request: dict[str, Any]) -> ClusterResponse:
         self.requests.append((cluster, request))

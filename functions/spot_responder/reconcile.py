@@ -104,20 +104,19 @@ def reconcile(
     try:
         futures = {
             cluster: pool.submit(
-                contextvars.copy_context().run,
-                _reconcile_within,
-                budget,
-                channel,
-                cluster,
-                ledger,
+                contextvars.copy_context().run, _reconcile_within, budget, channel, cluster
             )
             for cluster in served
         }
         remaining = budget.remaining_s()
         wait(futures.values(), timeout=None if remaining == float("inf") else remaining + 0.5)
         for cluster, future in futures.items():
-            if future.done():
-                report.clusters.append(future.result())
+            if future.done():  # the ledger is written here, in one thread
+                error = future.exception()
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # KeyboardInterrupt, SystemExit: the invocation's end
+                answer = future.result() if error is None else error
+                report.clusters.append(_reconciled(cluster, answer, ledger))
             else:
                 late = "no answer from the head node within the invocation's time budget"
                 report.clusters.append(ClusterReconciled(cluster, error=late))
@@ -127,13 +126,20 @@ def reconcile(
 
 
 def _reconcile_within(
-    budget: Budget, channel: ClusterChannel, cluster: str, ledger: Ledger | None
-) -> ClusterReconciled:
+    budget: Budget, channel: ClusterChannel, cluster: str
+) -> dict[str, Any] | Exception:
     with applied(budget):
         try:
-            answer = channel.call(cluster, reconcile_request(cluster))
+            return channel.call(cluster, reconcile_request(cluster))
         except (ChannelUnavailable, ClusterRefused) as exc:
-            return ClusterReconciled(cluster, error=str(exc))
+            return exc
+
+
+def _reconciled(
+    cluster: str, answer: dict[str, Any] | Exception, ledger: Ledger | None
+) -> ClusterReconciled:
+    if isinstance(answer, Exception):
+        return ClusterReconciled(cluster, error=str(answer))
     return ClusterReconciled(
         cluster,
         released=len(answer.get("released") or ()),

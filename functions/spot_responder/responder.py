@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextvars
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
+from typing import Any
 
 from spot_responder.budget import Budget, applied
 from spot_responder.channel import AgentTooOld, ChannelUnavailable, ClusterChannel, ClusterRefused
@@ -196,13 +197,22 @@ class Responder:
         }
         return sorted(c for c in clusters if c)
 
-    def _reconcile(self, cluster: str) -> str:
+    def _reconcile(self, cluster: str) -> dict[str, Any] | str:
+        """The head's reconcile answer, or why there is none (run in a worker thread)."""
         try:
-            answer = self.channel.call(cluster, reconcile_request(cluster))
+            return dict(self.channel.call(cluster, reconcile_request(cluster)))
         except (ChannelUnavailable, ClusterRefused) as exc:
             return f"reconcile failed: {exc}"
-        released = len(answer.get("released") or ())
-        checked = record_verdict_outcomes(answer, self.ledger)
+
+    def _record_reconcile(self, outcome: object) -> str:
+        """What a reconcile did, its verdict outcomes written to the ledger (in this thread:
+        the ledger is used by one thread only)."""
+        if isinstance(outcome, Exception):
+            return f"reconcile failed: {outcome}"
+        if not isinstance(outcome, dict):
+            return str(outcome)
+        released = len(outcome.get("released") or ())
+        checked = record_verdict_outcomes(outcome, self.ledger)
         return f"{released} capacity request(s) released, {checked} verdict(s) checked"
 
     # -- parse and claim -------------------------------------------------------------
@@ -381,9 +391,7 @@ class Responder:
             assert isinstance(answer, ClusterResponse | Exception)
             self._apply(items, answer, report)
         for cluster, outcome in zip(reconciles, answers[len(batches) :], strict=True):
-            report.reconciled[cluster] = (
-                f"reconcile failed: {outcome}" if isinstance(outcome, Exception) else str(outcome)
-            )
+            report.reconciled[cluster] = self._record_reconcile(outcome)
 
     def _ask(self, cluster: str, items: list[_Work]) -> ClusterResponse | Exception:
         mode = self.settings.replacement_mode.value
@@ -507,9 +515,19 @@ def _in_parallel(calls: list[Callable[[], object]], budget: Budget) -> list[obje
         late = ChannelUnavailable(
             "no answer from the head node within the invocation's time budget"
         )
-        return [f.result() if f.done() else late for f in futures]
+        return [_outcome(f) if f.done() else late for f in futures]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _outcome(future: Future[object]) -> object:
+    """What a call returned, or the exception it raised: one call's bug fails its own records."""
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: the invocation's end
+        raise error
+    return error
 
 
 def _within(budget: Budget, call: Callable[[], object]) -> object:

@@ -6,8 +6,9 @@
    watching: the node's watcher and a follower), the delay from the moment the GCS accepted
    the drain (`GcsClient.drain_node` returned) to the moment the actor's `on_notice`
    callback ran; p50, p99, max;
-2. cost: calls to the GCS's GetDrainingNodes per second, as the GCS itself counts them (its
-   event stats in `debug_state_gcs.txt`), with 0, 40 and 2,000 tasks watching on 4 nodes;
+2. cost: calls to the GCS's GetDrainingNodes per second, as the GCS itself counts them (the
+   event stats it prints into `gcs_server.out`, every second here), with 0, 40 and 2,000
+   watching loops on 4 nodes (5 worker processes per node, the loops as threads in them);
 3. what it saves: the checkpoint scenario of tests/preemption_scenario.py with the
    responder and under Ray alone, side by side (the actor's checkpoint done before the kill?
    steps of work done twice).
@@ -18,6 +19,7 @@ Results go to tests/benchmarks/results/deadline.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -34,7 +36,8 @@ from tests.ray_hooks_support import environment
 NODES = 4
 WATCHERS = (0, 40, 2000)
 COUNT_WINDOW_S = 30.0
-FAST_DUMPS = {"RAY_debug_dump_period_milliseconds": "1000"}
+FAST_DUMPS = {"RAY_event_stats_print_interval_ms": "1000"}
+WORKERS_PER_ROUND = 5  # the head and five workers: the machine's limit of six raylets
 
 
 class Told:
@@ -91,10 +94,10 @@ def _run(drains: int) -> dict[str, Any]:
 
     started = time.monotonic()
     info = machine()
+    cost = _cost()  # each phase printed once done, so a later failure loses nothing
+    print(f"cost: {json.dumps(cost)}", file=sys.stderr)
     latency = _latency(drains)
-    print(f"latency: {len(latency['delays_s'])} signals measured", file=sys.stderr)
-    cost = _cost()
-    print(f"cost: {cost}", file=sys.stderr)
+    print(f"latency: {json.dumps(latency)}", file=sys.stderr)
     scenario = [asdict(interrupt(responder=True)), asdict(interrupt(responder=False))]
     return {
         "machine": info,
@@ -124,7 +127,7 @@ def _latency(drains: int) -> dict[str, Any]:
         gcs = GcsClient(address=cluster.gcs_address)
         told = ray.remote(num_cpus=0.1)(Told)
         while len(delays) < 2 * drains:  # two actors per drained node
-            nodes = [cluster.add_node(num_cpus=1) for _ in range(NODES)]
+            nodes = [cluster.add_node(num_cpus=1, wait=False) for _ in range(WORKERS_PER_ROUND)]
             cluster.wait_for_nodes()
             actors = [
                 told.options(
@@ -181,7 +184,7 @@ def _cost_rows() -> list[dict[str, Any]]:
         nodes = [cluster.add_node(num_cpus=2) for _ in range(NODES)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-        debug_state = Path(cluster.head_node.get_session_dir_path(), "logs", "debug_state_gcs.txt")
+        debug_state = Path(cluster.head_node.get_session_dir_path(), "logs", "gcs_server.out")
         watching = ray.remote(num_cpus=0.01)(Watching)
         processes = 5
         started = 0
@@ -218,22 +221,12 @@ def _cost_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _gcs_calls(debug_state: Path) -> int:
-    """GetDrainingNodes calls the GCS has served, from its own event stats."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if debug_state.exists():
-            for line in debug_state.read_text().splitlines():
-                if (
-                    "grpc_server.GetDrainingNodes " in line
-                    or "grpc_server.GetDrainingNodes -" in line
-                ):
-                    found = re.search(r"- (\d+) total", line)
-                    if found:
-                        return int(found.group(1))
-            return 0
-        time.sleep(0.5)
-    raise RuntimeError(f"the GCS wrote no {debug_state}")
+def _gcs_calls(gcs_log: Path) -> int:
+    """GetDrainingNodes calls the GCS has served, from the last event stats it printed."""
+    if not gcs_log.exists():
+        raise RuntimeError(f"the GCS wrote no {gcs_log}")
+    served = re.findall(r"grpc_server\.GetDrainingNodes - (\d+) total", gcs_log.read_text())
+    return int(served[-1]) if served else 0
 
 
 # ---------------------------------------------------------------- report

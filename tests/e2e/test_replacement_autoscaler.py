@@ -286,26 +286,3 @@ def _far_future() -> Any:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) + timedelta(days=1)
-
-
-def test_on_autoscaler_v1_the_marker_resource_alone_steers_the_replacement() -> None:
-    # GIVEN a cluster on autoscaler v1, which drops label selectors
-    with fake_autoscaling_cluster(worker_types=WORKER_TYPES, autoscaler_v2=False) as v1:
-        from ray_hooks.cluster import connect
-
-        client = connect(v1.gcs_address)
-        started = time.monotonic()
-
-        # WHEN the replacement of an x86 spot node is asked for, the other spot pool unavailable
-        (request,) = request_replacements(
-            client, [ask("i-0a1b2c3d4e5f60006", "x86_spot_worker_2")], config_path=v1.config_path
-        )
-
-        # THEN the v1 request key holds the bundle, and the on-demand twin joins, not a spot node
-        assert request.node_type == "x86_ondemand_worker", request.reason
-        raw = client.internal_kv_get(b"autoscaler_resource_request", None)
-        assert json.loads(raw) == [{"CPU": 1.0, "x86_ondemand_worker": 1.0}]
-        node = _wait_for_join(v1, "x86_ondemand_worker", started)
-        assert [n.node_type for n in v1.alive_workers()] == [node.node_type]
-        assert [r.status for r in reconcile(client).released] == [JOINED]
-        assert json.loads(client.internal_kv_get(b"autoscaler_resource_request", None)) == []

@@ -173,8 +173,6 @@ def test_warned_worker_is_drained_its_running_task_finishes_and_new_work_goes_el
 def test_a_draining_node_keeps_the_earliest_deadline_any_notice_gave_it(
     cluster: EmbeddedRayCluster, gcs: Any
 ) -> None:
-    if not compat.probe().draining_from_gcs_client:
-        pytest.skip("this Ray does not report a drain's deadline (before 2.60)")
     # GIVEN an actor keeping the arm worker busy, so that it stays draining
     worker = cluster.node_id_for(ARM_SPOT_WORKER.instance_id)
     busy = progress_actor_on(ARM_SPOT_WORKER.instance_id, "arm-progress")

@@ -220,9 +220,7 @@ def test_a_stuck_raylet_fails_only_its_own_drain_and_the_others_still_drain(clus
     outcomes = {r["instance_id"]: r["outcome"] for r in answered.document["results"]}
     assert outcomes[healthy_id] == "drained"
     assert outcomes[stuck_id] in {"drain-failed", "drain-unconfirmed"}
-    held = compat.draining_nodes(gcs, 10)
-    if compat.probe().draining_from_gcs_client:  # a Ray before 2.60 reports no deadline
-        assert held[healthy.node_id] == int(deadline.timestamp() * 1000)
+    assert compat.draining_nodes(gcs, 10)[healthy.node_id] == int(deadline.timestamp() * 1000)
     del keepers
 
 

@@ -6,7 +6,6 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -192,59 +191,6 @@ def test_node_draining_without_a_deadline_is_drained_again_with_one() -> None:
     assert result["outcome"] == "drained"
     assert drain_deadlines(gcs) == [int(warning.timestamp() * 1000)]
     assert "Ray held none" in result["message"]
-
-
-class OldRayGcs(FakeGcs):
-    """A Ray before 2.60: drains are listed without their deadline; the internal KV works."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.kv: dict[tuple[bytes, bytes | None], bytes] = {}
-
-    def held(self) -> dict[str, int]:  # what this Ray lists: node ids, no deadline
-        return {node_id: 0 for node_id in self.draining}
-
-    def internal_kv_get(self, key: bytes, namespace: bytes | None, timeout: float = 0) -> Any:
-        return self.kv.get((key, namespace))
-
-    def internal_kv_put(
-        self, key: bytes, value: bytes, overwrite: bool, namespace: bytes | None, timeout: float = 0
-    ) -> int:
-        self.kv[(key, namespace)] = value
-        return 1
-
-
-@pytest.fixture
-def old_ray(monkeypatch: pytest.MonkeyPatch) -> OldRayGcs:
-    from ray_hooks import compat
-
-    gcs = OldRayGcs()
-    monkeypatch.setattr(
-        compat, "probe", lambda: compat.Support("2.55.0", draining_from_gcs_client=False)
-    )
-    monkeypatch.setattr(
-        compat, "_state_accessor", lambda _gcs: SimpleNamespace(get_draining_nodes=gcs.held)
-    )
-    return gcs
-
-
-def test_on_a_ray_that_lists_no_deadlines_a_later_notice_keeps_the_earlier_deadline(
-    old_ray: OldRayGcs,
-) -> None:
-    warning, later = in_seconds(100), in_seconds(3 * 86400)
-
-    (first,) = run(old_ray, notice(X86, deadline=warning))["results"]
-    (second,) = run(old_ray, notice(X86, kind="scheduled-change", deadline=later))["results"]
-    (third,) = run(old_ray, notice(X86, deadline=warning - timedelta(seconds=30)))["results"]
-
-    assert [first["outcome"], second["outcome"], third["outcome"]] == [
-        "drained",
-        "already-draining",
-        "drained",
-    ]
-    assert second["drain_deadline"] == warning.strftime("%Y-%m-%dT%H:%M:%SZ")
-    expected = [warning, warning - timedelta(seconds=30)]
-    assert drain_deadlines(old_ray) == [int(moment.timestamp() * 1000) for moment in expected]
 
 
 def test_notice_without_a_termination_time_drains_with_now_never_zero() -> None:

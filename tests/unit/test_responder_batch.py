@@ -321,6 +321,35 @@ def test_a_worker_that_starts_running_has_its_cluster_reconciled_at_once(
     assert ledger.get(f"{X86_WORKER}#state-change:running").status is Status.RECORDED
 
 
+def test_a_terminated_worker_gets_its_verdicts_checked_in_the_ledger_it_was_judged_in(
+    responder, ledger, channel
+):
+    # GIVEN a warning answered with a verdict for one job (the ledger is SQLite, as in replay)
+    respond(sqs_event(load_event("spot-interruption-terminate.json")), None, responder)
+    warned = ledger.get(f"{X86_WORKER}#spot-interruption")
+    channel.verdict_outcomes = [
+        {
+            "notice_id": warned.key,
+            "job_id": warned.impacted_jobs[0]["job_id"],
+            "verdict": "will-recover",
+            "outcome": "recovered",
+            "node_death": "AUTOSCALER_DRAIN_PREEMPTED",
+            "details": [],
+        }
+    ]
+    terminated = load_event("state-change-terminated.json")
+    terminated["detail"]["instance-id"] = X86_WORKER
+
+    # WHEN its `terminated` state change comes and the cluster is reconciled
+    response, report = respond(sqs_event(terminated), None, responder)
+
+    # THEN the outcome sits beside the verdict in the warning's entry
+    assert response == {"batchItemFailures": []}
+    assert report.reconciled["ray-on-aws"].endswith("1 verdict(s) checked")
+    (job,) = ledger.get(warned.key).impacted_jobs
+    assert job["outcome"]["outcome"] == "recovered"
+
+
 def test_a_failed_reconcile_does_not_fail_the_state_change(responder, ledger, channel):
     channel.failure = UNREACHABLE
 
