@@ -29,9 +29,9 @@ the others'.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -51,6 +51,7 @@ DRAIN_FAILED = "drain-failed"
 
 HEAD_NODE_MESSAGE = "refused: this is the head node; it is never drained"
 _RPC_TIMEOUT_S = 10.0
+_GRACE_S = 2.0
 #: Drains in flight at once for one request (each is one GCS -> raylet round trip).
 MAX_PARALLEL_DRAINS = 16
 #: Seconds a drain not yet seen draining is read back again before it is unconfirmed.
@@ -121,17 +122,37 @@ def send_drains(
     drains: dict[str, Drain] = {
         node_id: outcome for node_id, outcome in planned.items() if isinstance(outcome, Drain)
     }
-    with ThreadPoolExecutor(
-        max_workers=max(1, min(MAX_PARALLEL_DRAINS, len(to_send))), thread_name_prefix="drain"
-    ) as pool:
-        sent = {
-            order.node.node_id: pool.submit(
-                _send, gcs, order, _as_datetime(planned[order.node.node_id]), clock
-            )
-            for order in to_send
-        }
-        drains.update({node_id: future.result() for node_id, future in sent.items()})
+    for start in range(0, len(to_send), MAX_PARALLEL_DRAINS):
+        chunk = to_send[start : start + MAX_PARALLEL_DRAINS]
+        drains.update(_send_side_by_side(gcs, chunk, planned, clock))
     return drains
+
+
+def _send_side_by_side(
+    gcs: NodeDrainer,
+    orders: Sequence[DrainOrder],
+    planned: Mapping[str, Drain | datetime],
+    clock: Clock,
+) -> dict[str, Drain]:
+    """One daemon thread per drain, each waited for up to its RPC timeout and a little more:
+    a Ray whose drain takes no timeout (before 2.57) waits for ever on a raylet that does not
+    answer, and that thread is left behind rather than the command with it."""
+    answers: dict[str, Drain] = {}
+    threads = []
+    for order in orders:
+        node_id, deadline = order.node.node_id, _as_datetime(planned[order.node.node_id])
+
+        def drain(order: DrainOrder = order, deadline: datetime = deadline) -> None:
+            answers[order.node.node_id] = _send(gcs, order, deadline, clock)
+
+        thread = threading.Thread(target=drain, name=f"drain-{node_id[:8]}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    give_up = time.monotonic() + _RPC_TIMEOUT_S + _GRACE_S
+    for thread in threads:
+        thread.join(max(0.0, give_up - time.monotonic()))
+    late = Drain(DRAIN_FAILED, f"drain RPC failed: no answer within {_RPC_TIMEOUT_S:.0f} s")
+    return {order.node.node_id: answers.get(order.node.node_id, late) for order in orders}
 
 
 def _as_datetime(value: Drain | datetime) -> datetime:

@@ -345,7 +345,9 @@ class FakeAutoscalingCluster:
         """The autoscaler's own log (for failure messages)."""
         logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
         with contextlib.suppress(OSError, IndexError):
-            return logs[-1].read_text(errors="replace")[-tail:]
+            lines = logs[-1].read_text(errors="replace").splitlines()
+            kept = [line for line in lines if "Dropping the empty legacy field" not in line]
+            return "\n".join(kept)[-tail:]
         return ""
 
     def kill_node(self, node_id: str) -> float | None:

@@ -54,9 +54,9 @@ WORKER_TYPES = (
     WorkerType("arm_ondemand_worker", ON_DEMAND, ARM64),
 )
 WARNED = ("x86_spot_worker", "arm_spot_worker", "x86_spot_worker_2")
-BATCH_AHEAD_S = 45  # from the batch of two to EC2's termination
+BATCH_AHEAD_S = 50  # from the batch of two to EC2's termination
 THIRD_AFTER_S = 60  # the third warning, after the batch
-THIRD_AHEAD_S = 35
+THIRD_AHEAD_S = 50  # a fake node takes 20-30 s to join on a busy two-core machine
 JOIN_TIMEOUT_S = 90
 
 

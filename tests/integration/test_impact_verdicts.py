@@ -122,9 +122,12 @@ def test_job_with_an_actor_that_has_max_restarts_zero_on_the_node_is_lost(
 
     # THEN the job is lost, and the reason names the actor
     assert job["verdict"] == "lost"
-    assert job["reasons"][0].startswith(
-        f'actor Keeper "arm-keeper" ({actor_id}) has max_restarts=0'
-    )
+    # (first, unless this test's own driver runs there: Ray 2.50 may attach a driver to any
+    # raylet of its IP, and every node of this cluster has the same)
+    assert any(
+        reason.startswith(f'actor Keeper "arm-keeper" ({actor_id}) has max_restarts=0')
+        for reason in job["reasons"]
+    ), job["reasons"]
     (actor,) = job["actors"]
     assert (actor["actor_id"], actor["will_restart"]) == (actor_id, False)
 
@@ -134,6 +137,8 @@ def test_job_whose_tasks_have_retries_left_and_no_put_objects_on_the_node_will_r
 ) -> None:
     import ray
 
+    if ray.get_runtime_context().get_node_id() == cluster.node_id_for(THIRD_WORKER.instance_id):
+        pytest.skip("Ray attached this test's driver to the third worker: the job goes with it")
     # GIVEN two tasks with retries left running on the third worker, and nothing else there
     step = ray.remote(max_retries=3, num_cpus=0.5)(crunch)
     running = [on_node(step, THIRD_WORKER.instance_id, name="crunch").remote(6.0) for _ in range(2)]

@@ -251,6 +251,38 @@ def test_a_failing_drain_is_that_notices_failure_and_the_others_still_drain() ->
     assert NODE_IDS[ARM] in gcs.draining
 
 
+class HangingGcs(FakeGcs):
+    """A Ray whose drain takes no timeout (before 2.57), one raylet never answering."""
+
+    def __init__(self, hanging: str) -> None:
+        super().__init__()
+        self.hanging = hanging
+        self.released = threading.Event()
+
+    def drain_node(self, node_id: str, *args: Any, **kwargs: Any) -> tuple[bool, str]:
+        if node_id == self.hanging:
+            self.released.wait()
+        return super().drain_node(node_id, *args, **kwargs)
+
+
+def test_a_drain_that_never_answers_fails_alone_and_does_not_hold_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray_hooks import drain
+
+    monkeypatch.setattr(drain, "_RPC_TIMEOUT_S", 0.5)
+    gcs = HangingGcs(NODE_IDS[X86])
+    started = time.monotonic()
+    try:
+        results = run(gcs, notice(X86), notice(ARM))["results"]
+    finally:
+        gcs.released.set()
+
+    assert [r["outcome"] for r in results] == ["drain-failed", "drained"]
+    assert "no answer within" in results[0]["message"]
+    assert time.monotonic() - started < 10
+
+
 def test_drains_of_one_request_go_out_side_by_side() -> None:
     # GIVEN a GCS whose drain of X86 answers only once the drain of ARM has arrived
     both_sent = threading.Barrier(2, timeout=10)
