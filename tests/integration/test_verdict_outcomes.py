@@ -50,13 +50,15 @@ def _cluster() -> Iterator[Any]:
         head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "dashboard_port": 0},
     )
     try:
+        # the driver first, while the head is the only raylet: a Ray before 2.60 attaches a
+        # driver to any raylet of its IP, and a worker the driver is on cannot be killed
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
         cluster.workers = {
             instance_id: cluster.add_node(num_cpus=1, labels={LABEL: instance_id})
             for instance_id in (RESTARTABLE, FRAGILE)
         }
         cluster.spare = cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
         yield cluster
     finally:
         ray.shutdown()
