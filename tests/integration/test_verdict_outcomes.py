@@ -235,8 +235,7 @@ def test_notices_in_any_order_leave_ray_the_earliest_deadline_and_the_death_is_a
 
     gcs = GcsClient(address=cluster.gcs_address)
     instance_id = "i-0a1b2c3d4e5f60075"
-    node = cluster.add_node(num_cpus=1, labels={LABEL: instance_id})
-    cluster.wait_for_nodes()
+    node = cluster.add_node(num_cpus=1, labels={LABEL: instance_id})  # waits for this node
     keeper = keeper_on(node.node_id, max_restarts=0)  # keeps the node busy, so draining
     now = datetime.now(UTC).replace(microsecond=0)
     warning = now + timedelta(seconds=12)
