@@ -124,9 +124,17 @@ def test_two_in_a_batch_then_a_third_each_replaced_before_the_kill_never_in_a_hi
         launched = sorted(n.node_type for n in cluster.nodes() if n.start_time_ms / 1000 > batch_at)
         assert launched == ["arm_spot_worker_2", "x86_ondemand_worker", "x86_ondemand_worker"]
 
-        # WHEN EC2's `terminated` state changes are replayed, THEN every request is released
-        _replay_terminated(cluster, tmp_path, ledger, (INSTANCE_A, INSTANCE_B, INSTANCE_C))
-        assert _request_of_the_cluster(cluster) == []
+        # WHEN EC2's `terminated` state changes are replayed (EC2 sends them once the
+        # instances are gone: Ray has booked the three deaths by then), THEN every request
+        # is released
+        warned_ids = {before[name].node_id for name in WARNED}
+        cluster.wait_for(
+            lambda: not any(n.alive for n in cluster.nodes() if n.node_id in warned_ids),
+            60,
+            "Ray to book the three deaths",
+        )
+        gone = _replay_terminated(cluster, tmp_path, ledger, (INSTANCE_A, INSTANCE_B, INSTANCE_C))
+        assert _request_of_the_cluster(cluster) == [], gone
         outcome = job.finish(timeout_s=60)
         assert outcome["errors"] == [], outcome
 
