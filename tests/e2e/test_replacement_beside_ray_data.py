@@ -2,7 +2,7 @@
 
 Once a Ray Data pipeline has run, its `AutoscalingCoordinator` (a detached actor) sends the
 cluster's resource request every 20 s and so replaces whatever request was in place, the
-responder's included. On the real Ray autoscaler (fake_multinode provider; v2, then v1), a cluster
+responder's included. On the real Ray autoscaler v2 (fake_multinode provider), a cluster
 already running the warned spot node A and a node of A's replacement type, both busy with the
 pipeline: WHEN A's warning is replayed, THEN the replacement joins before A is killed at its
 termination time, and the pipeline ends with every row, its tasks on A retried elsewhere.
@@ -48,7 +48,7 @@ JOIN_TIMEOUT_S = 90
 ROWS = 600
 
 
-@pytest.fixture(scope="module", params=["v2", "v1"])
+@pytest.fixture(scope="module", params=["v2"])  # v1 measured too; kept out of CI for its time
 def cluster(request: pytest.FixtureRequest) -> Iterator[FakeAutoscalingCluster]:
     with fake_autoscaling_cluster(
         worker_types=WORKER_TYPES,

@@ -98,6 +98,7 @@ def job_gone(lane: Lane, gate: Any, timeout_s: float = 90) -> str:
     """Until the lane's newest task runs and the actor answers on the lane's current worker;
     why not, when the job is gone (the task failed or the actor is dead)."""
     import ray
+    from ray._private.state import actors
 
     assert lane.worker is not None
     deadline = time.monotonic() + timeout_s
@@ -115,7 +116,12 @@ def job_gone(lane: Lane, gate: Any, timeout_s: float = 90) -> str:
         except ray.exceptions.GetTimeoutError:
             continue  # a slow machine: ask again until the deadline
         except ray.exceptions.ActorDiedError as exc:
-            return f"the actor died: {str(exc)[:200]}"
+            # a call in flight at the kill fails so even when Ray restarts the actor: dead
+            # is what the GCS's actor table says
+            if actors(lane.actor._actor_id.hex()).get("State") == "DEAD":
+                return f"the actor died: {str(exc)[:200]}"
+            time.sleep(0.5)
+            continue
         except ray.exceptions.RayActorError:
             time.sleep(0.5)  # restarting, or the caller does not know of the restart yet
             continue
