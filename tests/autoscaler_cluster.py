@@ -481,3 +481,60 @@ def replay_warning(
         raise RuntimeError(f"replay failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     (notice,) = json.loads(done.stdout)
     return dict(notice)
+
+
+def send_demand(cluster: FakeAutoscalingCluster, demand: list[dict[str, Any]]) -> None:
+    """Replace the cluster's resource request by `demand`, as the responder sends it."""
+    from ray_hooks.capacity import autoscaler
+    from ray_hooks.cluster import connect
+
+    autoscaler.send(connect(cluster.gcs_address), demand, v2=cluster.autoscaler_v2)
+
+
+def request_of_the_cluster(cluster: FakeAutoscalingCluster) -> list[dict[str, float]]:
+    """The resource request the autoscaler holds, as Ray keeps it (v2: the constraint)."""
+    from ray_hooks.cluster import connect
+
+    gcs = connect(cluster.gcs_address)
+    if not cluster.autoscaler_v2:
+        raw = gcs.internal_kv_get(b"autoscaler_resource_request", None)
+        return list(json.loads(raw or b"[]"))
+    from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+    state = get_cluster_resource_state(gcs)
+    return [
+        dict(item.request.resources_bundle)
+        for constraint in state.cluster_resource_constraints
+        for item in constraint.resource_requests
+    ]
+
+
+def replay_events(
+    cluster: FakeAutoscalingCluster,
+    workdir: Path,
+    ledger: Path,
+    events: list[dict[str, Any]],
+    *,
+    keep_time: bool,
+    safety_margin_s: float = 5,
+) -> list[dict[str, Any]]:
+    """`spot-responder replay --json` of `events` as one SQS batch (a file each, named by
+    event id); the replay's JSON, one item per notice."""
+    paths = []
+    for event in events:
+        path = workdir / f"{event['id']}.json"
+        path.write_text(json.dumps(event))
+        paths.append(str(path))
+    done = spot_responder(
+        *("replay", "--ray-address", cluster.gcs_address, "--json", "--ledger", str(ledger)),
+        *(["--keep-time"] if keep_time else []),
+        *paths,
+        env={
+            "SAFETY_MARGIN_SECONDS": str(safety_margin_s),
+            "RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path,
+        },
+        timeout_s=180,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    notices: list[dict[str, Any]] = json.loads(done.stdout)
+    return notices

@@ -33,6 +33,8 @@ from tests.autoscaler_cluster import (
     WorkerType,
     fake_autoscaling_cluster,
     replay_warning,
+    request_of_the_cluster,
+    send_demand,
 )
 
 pytest.importorskip("ray.data")
@@ -125,13 +127,10 @@ def test_beside_a_ray_data_pipeline_the_replacement_joins_before_the_kill(
 
 
 def _bring_up(cluster: FakeAutoscalingCluster) -> dict[str, FakeNode]:
-    from ray_hooks.capacity import autoscaler
-    from ray_hooks.cluster import connect
-
     types = [w.name for w in WORKER_TYPES]
-    demand = [{"resources": {"CPU": 2.0, name: 1.0}, "label_selector": {}} for name in types]
-    gcs = connect(cluster.gcs_address)
-    autoscaler.send(gcs, demand, v2=cluster.autoscaler_v2)
+    send_demand(
+        cluster, [{"resources": {"CPU": 2.0, name: 1.0}, "label_selector": {}} for name in types]
+    )
 
     def up() -> bool:
         return set(types) <= {n.node_type for n in cluster.alive_workers()}
@@ -140,29 +139,12 @@ def _bring_up(cluster: FakeAutoscalingCluster) -> dict[str, FakeNode]:
         cluster.wait_for(up, JOIN_TIMEOUT_S, f"nodes of {types}")
     except TimeoutError:
         pytest.fail(f"the workers did not come up; autoscaler log:\n{cluster.monitor_log()}")
-    autoscaler.send(gcs, [], v2=cluster.autoscaler_v2)  # from here on the pipeline's asks
+    send_demand(cluster, [])  # from here on the pipeline's coordinator asks
     return {n.node_type: n for n in cluster.alive_workers()}
 
 
 def _request_of_the_cluster(cluster: FakeAutoscalingCluster) -> list[dict[str, float]]:
-    """The resource request the autoscaler holds, as Ray keeps it (v2: the constraint)."""
-    from ray.autoscaler.v2.sdk import get_cluster_resource_state
-
-    from ray_hooks.cluster import connect
-
-    gcs = connect(cluster.gcs_address)
-    if not cluster.autoscaler_v2:
-        raw = gcs.internal_kv_get(b"autoscaler_resource_request", None)
-        return sorted(json.loads(raw or b"[]"), key=json.dumps)
-    state = get_cluster_resource_state(gcs)
-    return sorted(
-        (
-            dict(item.request.resources_bundle)
-            for constraint in state.cluster_resource_constraints
-            for item in constraint.resource_requests
-        ),
-        key=json.dumps,
-    )
+    return sorted(request_of_the_cluster(cluster), key=json.dumps)
 
 
 def _new_node(

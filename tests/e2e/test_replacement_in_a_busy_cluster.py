@@ -41,8 +41,11 @@ from tests.autoscaler_cluster import (
     FakeNode,
     WorkerType,
     fake_autoscaling_cluster,
+    replay_events,
+    request_of_the_cluster,
+    send_demand,
 )
-from tests.support import load_event, spot_responder
+from tests.support import load_event
 
 pytestmark = [pytest.mark.ray, pytest.mark.autoscaler]
 
@@ -135,7 +138,7 @@ def test_in_a_busy_cluster_the_replacement_joins_before_the_kill_and_a_full_type
 
         # THEN the responder's request is released: `ray status` shows none of it
         assert "from request_resources" not in _ray_status(cluster)
-        assert _request_of_the_cluster(cluster) == []
+        assert request_of_the_cluster(cluster) == []
         outcome = job.finish(timeout_s=60)
         assert outcome["errors"] == [], outcome
 
@@ -149,7 +152,9 @@ def test_in_a_busy_cluster_the_replacement_joins_before_the_kill_and_a_full_type
 
 def _bring_up(cluster: FakeAutoscalingCluster, types: tuple[str, ...]) -> dict[str, FakeNode]:
     """One node of each type (asked by its marker resource); waits until all are alive."""
-    _send(cluster, [{"resources": {"CPU": 1.0, name: 1.0}, "label_selector": {}} for name in types])
+    send_demand(
+        cluster, [{"resources": {"CPU": 1.0, name: 1.0}, "label_selector": {}} for name in types]
+    )
 
     def up() -> bool:
         return set(types) <= {n.node_type for n in cluster.alive_workers()}
@@ -161,39 +166,14 @@ def _bring_up(cluster: FakeAutoscalingCluster, types: tuple[str, ...]) -> dict[s
     return {n.node_type: n for n in cluster.alive_workers()}
 
 
-def _send(cluster: FakeAutoscalingCluster, demand: list[dict[str, Any]]) -> None:
-    from ray_hooks.capacity import autoscaler
-    from ray_hooks.cluster import connect
-
-    autoscaler.send(connect(cluster.gcs_address), demand, v2=cluster.autoscaler_v2)
-
-
 def _clear_requests(cluster: FakeAutoscalingCluster) -> None:
-    _send(cluster, [])
-
-
-def _request_of_the_cluster(cluster: FakeAutoscalingCluster) -> list[Any]:
-    """The resource request the autoscaler holds, as Ray keeps it (v2: the constraint)."""
-    from ray_hooks.cluster import connect
-
-    gcs = connect(cluster.gcs_address)
-    if not cluster.autoscaler_v2:
-        raw = gcs.internal_kv_get(b"autoscaler_resource_request", None)
-        return list(json.loads(raw or b"[]"))
-    from ray.autoscaler.v2.sdk import get_cluster_resource_state
-
-    state = get_cluster_resource_state(gcs)
-    return [
-        dict(item.request.resources_bundle)
-        for constraint in state.cluster_resource_constraints
-        for item in constraint.resource_requests
-    ]
+    send_demand(cluster, [])
 
 
 def _ray_status(cluster: FakeAutoscalingCluster) -> str:
     """`ray status` as a user runs it on the head; the request part is what matters here."""
     if not cluster.autoscaler_v2:  # v1's status does not show the request: read it instead
-        request = _request_of_the_cluster(cluster)
+        request = request_of_the_cluster(cluster)
         return "from request_resources" if request else ""
     done = subprocess.run(
         [str(Path(sys.executable).with_name("ray")), "status", "--address", cluster.gcs_address],
@@ -217,7 +197,9 @@ def _replay_warnings(
         event["time"] = sent.strftime("%Y-%m-%dT%H:%M:%SZ")
         event["detail"]["instance-id"] = instance
         events.append(event)
-    return _replay(cluster, tmp_path, ledger, "warnings.json", events, keep_time=True)
+    return replay_events(
+        cluster, tmp_path, ledger, events, keep_time=True, safety_margin_s=SAFETY_MARGIN_S
+    )
 
 
 def _replay_terminated(
@@ -229,36 +211,9 @@ def _replay_terminated(
         event["id"] = f"gone-{instance}-{tmp_path.name}"
         event["detail"]["instance-id"] = instance
         events.append(event)
-    return _replay(cluster, tmp_path, ledger, "terminated.json", events, keep_time=False)
-
-
-def _replay(
-    cluster: FakeAutoscalingCluster,
-    tmp_path: Path,
-    ledger: Path,
-    name: str,
-    events: list[dict[str, Any]],
-    *,
-    keep_time: bool,
-) -> list[dict[str, Any]]:
-    paths = []
-    for index, event in enumerate(events):  # one file each: replayed as one SQS batch
-        path = tmp_path / f"{index}-{name}"
-        path.write_text(json.dumps(event))
-        paths.append(str(path))
-    done = spot_responder(
-        *("replay", "--ray-address", cluster.gcs_address, "--json", "--ledger", str(ledger)),
-        *(["--keep-time"] if keep_time else []),
-        *paths,
-        env={
-            "SAFETY_MARGIN_SECONDS": str(SAFETY_MARGIN_S),
-            "RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path,
-        },
-        timeout_s=180,
+    return replay_events(
+        cluster, tmp_path, ledger, events, keep_time=False, safety_margin_s=SAFETY_MARGIN_S
     )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    notices: list[dict[str, Any]] = json.loads(done.stdout)
-    return notices
 
 
 def _wait_for_new(

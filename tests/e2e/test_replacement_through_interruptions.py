@@ -37,8 +37,11 @@ from tests.autoscaler_cluster import (
     FakeNode,
     WorkerType,
     fake_autoscaling_cluster,
+    replay_events,
+    request_of_the_cluster,
+    send_demand,
 )
-from tests.support import load_event, spot_responder
+from tests.support import load_event
 
 pytestmark = [pytest.mark.ray, pytest.mark.autoscaler]
 
@@ -81,7 +84,7 @@ def test_two_in_a_batch_then_a_third_each_replaced_before_the_kill_never_in_a_hi
     ledger = tmp_path / "ledger.sqlite3"
     version = "v2" if cluster.autoscaler_v2 else "v1"
     with _Job(cluster, before, tmp_path) as job:
-        _send(cluster, [])
+        send_demand(cluster, [])
 
         # WHEN A's and B's warnings come in one batch
         batch_at = time.time()
@@ -134,7 +137,7 @@ def test_two_in_a_batch_then_a_third_each_replaced_before_the_kill_never_in_a_hi
             "Ray to book the three deaths",
         )
         gone = _replay_terminated(cluster, tmp_path, ledger, (INSTANCE_A, INSTANCE_B, INSTANCE_C))
-        assert _request_of_the_cluster(cluster) == [], gone
+        assert request_of_the_cluster(cluster) == [], gone
         outcome = job.finish(timeout_s=60)
         assert outcome["errors"] == [], outcome
 
@@ -147,7 +150,7 @@ def _status_and_type(replacement: dict[str, Any]) -> tuple[str, str | None]:
 
 
 def _bring_up(cluster: FakeAutoscalingCluster) -> dict[str, FakeNode]:
-    _send(
+    send_demand(
         cluster, [{"resources": {"CPU": 1.0, name: 1.0}, "label_selector": {}} for name in WARNED]
     )
 
@@ -159,29 +162,6 @@ def _bring_up(cluster: FakeAutoscalingCluster) -> dict[str, FakeNode]:
     except TimeoutError:
         pytest.fail(f"the workers did not come up; autoscaler log:\n{cluster.monitor_log()}")
     return {n.node_type: n for n in cluster.alive_workers()}
-
-
-def _send(cluster: FakeAutoscalingCluster, demand: list[dict[str, Any]]) -> None:
-    from ray_hooks.capacity import autoscaler
-    from ray_hooks.cluster import connect
-
-    autoscaler.send(connect(cluster.gcs_address), demand, v2=cluster.autoscaler_v2)
-
-
-def _request_of_the_cluster(cluster: FakeAutoscalingCluster) -> list[Any]:
-    from ray_hooks.cluster import connect
-
-    gcs = connect(cluster.gcs_address)
-    if not cluster.autoscaler_v2:
-        return list(json.loads(gcs.internal_kv_get(b"autoscaler_resource_request", None) or b"[]"))
-    from ray.autoscaler.v2.sdk import get_cluster_resource_state
-
-    state = get_cluster_resource_state(gcs)
-    return [
-        dict(item.request.resources_bundle)
-        for constraint in state.cluster_resource_constraints
-        for item in constraint.resource_requests
-    ]
 
 
 def _wait_for_new(
@@ -234,7 +214,7 @@ def _replay_warnings(
         event["time"] = sent.strftime("%Y-%m-%dT%H:%M:%SZ")
         event["detail"]["instance-id"] = instance
         events.append(event)
-    return _replay(cluster, tmp_path, ledger, events, keep_time=True)
+    return replay_events(cluster, tmp_path, ledger, events, keep_time=True)
 
 
 def _replay_terminated(
@@ -246,32 +226,7 @@ def _replay_terminated(
         event["id"] = f"gone-{instance}-{tmp_path.name}"
         event["detail"]["instance-id"] = instance
         events.append(event)
-    return _replay(cluster, tmp_path, ledger, events, keep_time=False)
-
-
-def _replay(
-    cluster: FakeAutoscalingCluster,
-    tmp_path: Path,
-    ledger: Path,
-    events: list[dict[str, Any]],
-    *,
-    keep_time: bool,
-) -> list[dict[str, Any]]:
-    paths = []
-    for event in events:  # one file each: replayed as one SQS batch
-        path = tmp_path / f"{event['id']}.json"
-        path.write_text(json.dumps(event))
-        paths.append(str(path))
-    done = spot_responder(
-        *("replay", "--ray-address", cluster.gcs_address, "--json", "--ledger", str(ledger)),
-        *(["--keep-time"] if keep_time else []),
-        *paths,
-        env={"SAFETY_MARGIN_SECONDS": "5", "RAY_HOOKS_CLUSTER_CONFIG": cluster.config_path},
-        timeout_s=180,
-    )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    notices: list[dict[str, Any]] = json.loads(done.stdout)
-    return notices
+    return replay_events(cluster, tmp_path, ledger, events, keep_time=False)
 
 
 # ---------------------------------------------------------------- the job
