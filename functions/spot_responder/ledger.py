@@ -39,10 +39,13 @@ class Status(StrEnum):
     """Failed on its last delivery; the message went to the dead-letter queue."""
     AGENT_TOO_OLD = "agent-too-old"
     """The head's SSM Agent cannot run the document; not retried, alarmed."""
+    SCHEDULED = "scheduled"
+    """A change far ahead: recorded, and its delivery armed for shortly before the start
+    (that delivery claims the entry again and drains)."""
 
     @property
     def reclaimable(self) -> bool:
-        return self in {Status.FAILED, Status.DEAD_LETTERED}
+        return self in {Status.FAILED, Status.DEAD_LETTERED, Status.SCHEDULED}
 
 
 @dataclass(frozen=True)

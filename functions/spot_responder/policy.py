@@ -25,6 +25,8 @@ ROUTINE_REASONS = frozenset(
 # A scheduled change is drained this long before it starts; one further ahead is recorded
 # (the drain would take the node out of service for the whole wait).
 SCHEDULED_DRAIN_LEAD = timedelta(minutes=15)
+# The notice is brought back a minute inside that lead, so that it drains when it comes.
+REARM_AT_LEAD = SCHEDULED_DRAIN_LEAD - timedelta(minutes=1)
 
 
 class Action(StrEnum):
@@ -36,6 +38,8 @@ class Action(StrEnum):
     """Tell people loudly; touch nothing (a head node)."""
     RECORD = "record"
     """Write it down; nothing to do in the cluster."""
+    SCHEDULE = "schedule"
+    """Write it down and bring the notice back at `rearm_at` (a change far ahead)."""
     IGNORE = "ignore"
     """Not ours (not a Ray node, cluster not served)."""
 
@@ -47,6 +51,8 @@ class Decision:
     drain_deadline: datetime | None = None
     replace: bool = False
     """Ask the Ray autoscaler for the node's capacity elsewhere before it is gone."""
+    rearm_at: datetime | None = None
+    """For SCHEDULE: when the notice is to come back and be drained."""
 
     @property
     def needs_cluster(self) -> bool:
@@ -155,10 +161,10 @@ def _decide_for_worker(
         start = notice.termination_time
         if start is not None and start - now > SCHEDULED_DRAIN_LEAD:
             return Decision(
-                Action.RECORD,
+                Action.SCHEDULE,
                 f"scheduled change {notice.detail} starts {start.isoformat()}, more than "
-                f"{SCHEDULED_DRAIN_LEAD.total_seconds() / 60:.0f} min ahead: not drained "
-                "yet (EC2's stop at the start, reason Server.ScheduledStop, is drained)",
+                f"{SCHEDULED_DRAIN_LEAD.total_seconds() / 60:.0f} min ahead: not drained yet",
+                rearm_at=start - REARM_AT_LEAD,
             )
         return Decision(
             Action.DRAIN,

@@ -37,6 +37,7 @@ from spot_responder.ledger import (
 )
 from spot_responder.notices import Notice, NoticeKind, NoticeRejected, parse_event
 from spot_responder.policy import Action, Decision, decide
+from spot_responder.rearm import NoticeRearm, RearmUnavailable, rearm_name
 from spot_responder.reconcile import reconcile_request, record_verdict_outcomes
 from spot_responder.settings import Settings
 
@@ -128,12 +129,16 @@ class Responder:
         ledger: Ledger,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rearm: NoticeRearm | None = None,
     ) -> None:
+        """`rearm`: brings a scheduled change back near its start (None: nothing can, so
+        such a change is only recorded, and EC2's stop at the start is what drains)."""
         self.directory = directory
         self.channel = channel
         self.ledger = ledger
         self.settings = settings
         self.clock = clock
+        self.rearm = rearm
 
     def handle(
         self,
@@ -371,6 +376,8 @@ class Responder:
         for item in work:
             if item.decision is not None and item.decision.needs_cluster and item.instance:
                 by_cluster[item.instance.cluster or ""].append(item)
+            elif item.decision is not None and item.decision.action is Action.SCHEDULE:
+                self._arm(item, report)
             elif item.decision is not None:
                 self._finish(item, report, ACTION_STATUS[item.decision.action])
         for items in by_cluster.values():
@@ -392,6 +399,26 @@ class Responder:
             self._apply(items, answer, report)
         for cluster, outcome in zip(reconciles, answers[len(batches) :], strict=True):
             report.reconciled[cluster] = self._record_reconcile(outcome)
+
+    def _arm(self, item: _Work, report: BatchReport) -> None:
+        """Bring a change far ahead back shortly before its start, where it drains."""
+        assert item.decision is not None
+        assert item.decision.rearm_at is not None
+        at = item.decision.rearm_at
+        if self.rearm is None:
+            reason = (
+                f"{item.entry.reason}; nothing here brings it back, so EC2's stop at the "
+                "start is drained"
+            )
+            self._finish(item, report, Status.RECORDED, reason=reason)
+            return
+        try:
+            self.rearm.arm(rearm_name(item.entry.key, at), at, item.record.body)
+        except RearmUnavailable as exc:
+            self._fail(item, report, str(exc))
+            return
+        reason = f"{item.entry.reason}; comes back to be drained at {iso(at)}"
+        self._finish(item, report, Status.SCHEDULED, reason=reason)
 
     def _ask(self, cluster: str, items: list[_Work]) -> ClusterResponse | Exception:
         mode = self.settings.replacement_mode.value

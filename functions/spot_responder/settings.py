@@ -71,6 +71,10 @@ class Settings:
     """The stack's account: notices from any other are rejected."""
     max_nodes_per_event: int = 20
     """Nodes one event may drain; the rest are recorded (a forged or runaway event)."""
+    rearm_schedule_group: str | None = None
+    """EventBridge Scheduler group for the deliveries that bring changes back near their start."""
+    rearm_role_arn: str | None = None
+    notice_queue_arn: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +101,9 @@ class Settings:
             dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
             account_id=env.get("STACK_ACCOUNT_ID") or None,
             max_nodes_per_event=_int(env, "MAX_NODES_PER_EVENT", 20, 1, 1000),
+            rearm_schedule_group=env.get("REARM_SCHEDULE_GROUP") or None,
+            rearm_role_arn=env.get("REARM_ROLE_ARN") or None,
+            notice_queue_arn=env.get("NOTICE_QUEUE_ARN") or None,
         )
 
     def allows_cluster(self, cluster: str) -> bool:

@@ -8,6 +8,7 @@ is asked to: a notice that must not drain shows up as a drain there if it is sen
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,6 +18,7 @@ import pytest
 
 from spot_responder.adapters.instances_ec2 import Ec2Directory
 from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
+from spot_responder.adapters.rearm_scheduler import SchedulerRearm
 from spot_responder.handlers.responder import respond
 from spot_responder.ledger import Status, iso
 from spot_responder.observability import metrics
@@ -205,3 +207,73 @@ def test_ray_down_is_recorded_quietly_nothing_drained_alarmed_or_dead_lettered(
         assert entry.status is Status.RECORDED
         assert "Client.UserInitiatedShutdown" in entry.reason
     assert_ledger_accounts_for(queue, ledger)
+
+
+def test_a_retirement_days_ahead_is_drained_near_its_start_not_at_once(aws, ledger, channel):
+    # GIVEN a Ray worker, and the stack's schedule group and notice queue as the template
+    # declares them
+    (worker,) = launch(aws, "retiring", "worker")
+    group = cfn.sub(
+        cfn.resource("NoticeRearmScheduleGroup")["Properties"]["Name"],
+        {"AWS::StackName": "spot-responder"},
+    )
+    scheduler = aws.client("scheduler")
+    scheduler.create_schedule_group(Name=group)
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="retiring-notices")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/spot-responder-NoticeRearmRole"
+    now = [datetime.now(UTC)]
+    responder = Responder(
+        directory=Ec2Directory(aws.client("ec2")),
+        channel=channel,
+        ledger=ledger,
+        settings=Settings(max_receive_count=QUEUE["max_receive_count"], account_id=ACCOUNT),
+        clock=lambda: now[0],
+        rearm=SchedulerRearm(scheduler, group, role_arn, queue_arn),
+    )
+    # AND a retirement of the worker that starts in two days
+    start = (now[0] + timedelta(days=2)).replace(microsecond=0)
+    event = event_named("health-scheduled-retirement.json", worker, "retire-in-2-days")
+    event["resources"] = [worker]
+    event["detail"]["startTime"] = format_datetime(start, usegmt=True)
+    event["detail"]["affectedEntities"] = [{"entityValue": worker}]
+    queue = NoticeQueue(QUEUE["max_receive_count"], QUEUE["batch_size"])
+    queue.send(event)
+
+    # WHEN it arrives
+    run(queue, responder)
+
+    # THEN nothing is drained yet; the ledger says when it comes back
+    assert channel.drained == []
+    entry = ledger.get(f"{worker}#scheduled-change")
+    assert entry.status is Status.SCHEDULED
+    comes_back = start - timedelta(minutes=14)
+    assert f"comes back to be drained at {iso(comes_back)}" in entry.reason
+    # AND one schedule in the stack's group brings the same event to the notice queue then
+    (listed,) = scheduler.list_schedules(GroupName=group)["Schedules"]
+    armed = scheduler.get_schedule(GroupName=group, Name=listed["Name"])
+    assert armed["ScheduleExpression"] == f"at({comes_back.strftime('%Y-%m-%dT%H:%M:%S')})"
+    assert armed["ActionAfterCompletion"] == "DELETE"
+    assert (armed["Target"]["Arn"], armed["Target"]["RoleArn"]) == (queue_arn, role_arn)
+    assert json.loads(armed["Target"]["Input"]) == event
+
+    # WHEN the same event is delivered again before then (Health updates it): armed once
+    queue.send(event)
+    run(queue, responder)
+    assert len(scheduler.list_schedules(GroupName=group)["Schedules"]) == 1
+    assert channel.drained == []
+
+    # WHEN the schedule fires at its time
+    now[0] = comes_back + timedelta(seconds=20)
+    queue.send(armed["Target"]["Input"])
+    run(queue, responder)
+
+    # THEN the worker is drained then, with the start as Ray's deadline at the latest
+    assert channel.drained == [worker]
+    entry = ledger.get(f"{worker}#scheduled-change")
+    assert entry.status is Status.DRAINED
+    assert datetime.fromisoformat(entry.drain_deadline) <= start
+    assert queue.dead_lettered == []

@@ -156,18 +156,24 @@ def reclaimed(instance):
     return replace(instance, state="shutting-down", state_reason="Server.SpotInstanceTermination")
 
 
-def test_scheduled_change_hours_ahead_is_recorded_not_drained_yet():
+def test_scheduled_change_hours_ahead_is_not_drained_yet_but_brought_back_near_its_start():
     # the retirement starts at 12:00; NOW is 10:00
-    decision = decide(
-        notice("health-scheduled-retirement.json"),
-        ray_instance(X86_WORKER),
-        Settings(),
-        warned=False,
-        now=NOW,
-    )
+    retirement = notice("health-scheduled-retirement.json")
+    decision = decide(retirement, ray_instance(X86_WORKER), Settings(), warned=False, now=NOW)
 
-    assert decision.action is Action.RECORD
+    assert decision.action is Action.SCHEDULE
     assert "not drained yet" in decision.reason
+    assert not decision.needs_cluster
+    assert decision.rearm_at == datetime(2026, 11, 22, 11, 46, tzinfo=UTC)
+
+    # brought back then, the same notice drains, with the start as Ray's deadline
+    assert decision.rearm_at is not None
+    again = decide(
+        retirement, ray_instance(X86_WORKER), Settings(), warned=False, now=decision.rearm_at
+    )
+    assert again.action is Action.DRAIN
+    assert again.drain_deadline is not None
+    assert again.drain_deadline <= datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 def test_spot_warning_for_an_on_demand_instance_is_recorded_not_drained():

@@ -52,6 +52,7 @@ AGENT_CHANNELS = {
 }
 DOCUMENT_ARN = f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/<RespondDocument>"
 INSTANCES_ARN = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"
+REARM_SCHEDULES_ARN = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/<NoticeRearmScheduleGroup>/*"
 
 # Parameter sets the tests look at: the defaults, and every optional part switched on.
 DEFAULTS: dict[str, str] = {}
@@ -272,6 +273,12 @@ def test_every_role_trusts_one_service_and_conditions_only_where_aws_documents_t
             # EC2 is not documented to send aws:SourceAccount when it assumes an instance
             # role: a condition on it could leave every node without credentials.
             assert "Condition" not in trust, name
+        elif trust["Principal"]["Service"] == "scheduler.amazonaws.com":
+            # EventBridge Scheduler documents both: the account, and the schedule's ARN
+            assert trust["Condition"] == {
+                "StringEquals": {"aws:SourceAccount": ACCOUNT},
+                "ArnLike": {"aws:SourceArn": REARM_SCHEDULES_ARN},
+            }, name
         else:
             assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}, name
 
@@ -466,11 +473,31 @@ def test_ray_head_retags_only_the_status_tags_of_workers(stack):
         assert resources(statement) == [INSTANCES_ARN]
 
 
-def test_ray_head_passes_only_the_worker_role_and_only_to_ec2(stack):
-    (passing,) = [s for s in stack.statements() if "iam:PassRole" in actions(s)]
-    assert passing["_origin"] == "RayHeadAutoscalerPolicy"
-    assert resources(passing) == ["<RayWorkerRole.Arn>"]
-    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+def test_roles_are_passed_only_as_named_and_only_to_their_service(stack):
+    # the head passes the worker role to EC2; the responder the rearm role to Scheduler
+    passing = {s["_origin"]: s for s in stack.statements() if "iam:PassRole" in actions(s)}
+    assert set(passing) == {"RayHeadAutoscalerPolicy", "ResponderRole/respond"}
+    head, responder = passing["RayHeadAutoscalerPolicy"], passing["ResponderRole/respond"]
+    assert resources(head) == ["<RayWorkerRole.Arn>"]
+    assert head["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    assert resources(responder) == ["<NoticeRearmRole.Arn>"]
+    assert responder["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}
+    }
+
+
+def test_a_change_far_ahead_is_brought_back_only_to_the_notice_queue(stack):
+    # the responder creates schedules in the stack's own group, nothing else of Scheduler
+    scheduling = [
+        s for s in stack.statements() if any(a.startswith("scheduler:") for a in actions(s))
+    ]
+    assert [(s["_origin"], actions(s), resources(s)) for s in scheduling] == [
+        ("ResponderRole/respond", ["scheduler:CreateSchedule"], [REARM_SCHEDULES_ARN])
+    ]
+    # and what those schedules run as may only send to the notice queue
+    assert [(actions(s), resources(s)) for s in stack.role_statements("NoticeRearmRole")] == [
+        (["sqs:SendMessage"], ["<NoticeQueue.Arn>"])
+    ]
 
 
 def test_ray_workers_may_do_nothing_but_run_the_ssm_agent_and_optional_spilling(stack):
@@ -554,7 +581,7 @@ def test_queues_accept_messages_only_from_the_stacks_rules(stack):
     # AND nobody else in the account may send, whatever their identity policy says: an
     # explicit deny for every sender that is neither a rule nor an allowed role
     for deny, queue, allowed_roles in (
-        (deny_notices, "<NoticeQueue.Arn>", []),
+        (deny_notices, "<NoticeQueue.Arn>", ["<NoticeRearmRole.Arn>"]),
         (deny_dead_letters, "<NoticeDeadLetterQueue.Arn>", ["<ResponderRole.Arn>"]),
     ):
         assert (deny["Effect"], deny["Principal"], actions(deny)) == (
@@ -573,7 +600,10 @@ def test_an_operator_role_may_send_test_notices_when_named():
     _, deny_notices, deny_dead_letters = Stack({"OperatorRoleArn": arn}).resource_policies()[
         "NoticeQueuePolicy"
     ]["Statement"]
-    assert deny_notices["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == arn
+    assert deny_notices["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
+        "<NoticeRearmRole.Arn>",
+        arn,
+    ]
     assert deny_dead_letters["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
         "<ResponderRole.Arn>",
         arn,

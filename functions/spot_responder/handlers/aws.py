@@ -11,6 +11,7 @@ from botocore.config import Config
 from spot_responder.adapters.channel_ssm import SsmClusterChannel
 from spot_responder.adapters.instances_ec2 import Ec2Directory
 from spot_responder.adapters.ledger_dynamodb import DynamoDbLedger
+from spot_responder.adapters.rearm_scheduler import SchedulerRearm
 from spot_responder.adapters.retry_sqs import SqsDeadLetter, SqsRetryDelay
 from spot_responder.settings import Settings
 
@@ -69,7 +70,22 @@ def dead_letter() -> SqsDeadLetter | None:
     return SqsDeadLetter(client("sqs"), url) if url else None
 
 
+@lru_cache(maxsize=1)
+def rearm() -> SchedulerRearm | None:
+    configured = settings()
+    group, role, queue = (
+        configured.rearm_schedule_group,
+        configured.rearm_role_arn,
+        configured.notice_queue_arn,
+    )
+    return (
+        SchedulerRearm(client("scheduler"), group, role, queue)
+        if group and role and queue
+        else None
+    )
+
+
 def clear() -> None:
     """Forget what was built (tests that change the environment)."""
-    for factory in (settings, directory, channel, ledger, retry_delay, dead_letter):
+    for factory in (settings, directory, channel, ledger, retry_delay, dead_letter, rearm):
         factory.cache_clear()

@@ -37,6 +37,7 @@ def aws_responder() -> Responder:
         channel=aws.channel(),
         ledger=aws.ledger(),
         settings=aws.settings(),
+        rearm=aws.rearm(),
     )
 
 
