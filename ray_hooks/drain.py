@@ -23,7 +23,8 @@ overwrites an earlier one). Hence:
 
 The drains of one request are sent side by side (`send_drains`), then read back together
 (`confirm`); a slow or failing RPC for one node is that notice's own `drain-failed`, never
-the others'.
+the others'. Each accepted drain is told at once to the node's preemption watcher, if a task
+there watches (`preemption.tell`), so the workload does not wait for its next poll.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ray_hooks import compat
+from ray_hooks import compat, preemption
 from ray_hooks.contract import format_timestamp
 from ray_hooks.nodes import DRAINING, PREEMPTED_DEATH, RayNode, list_nodes
 
@@ -171,7 +172,10 @@ def _send(gcs: NodeDrainer, order: DrainOrder, deadline: datetime, clock: Clock)
         log.warning("GCS rejected the drain of node %s: %s", node.node_id, rejection)
         return Drain(DRAIN_REJECTED, f"drain rejected by GCS: {rejection or 'no reason given'}")
     log.info("drain of node %s accepted (deadline %s)", node.node_id, deadline)
-    return Drain(DRAINED, _accepted(node, order.deadline, deadline, clock()), deadline, clock())
+    accepted_at = clock()
+    preemption.tell(gcs, node.node_id)  # the node's own tasks learn it now, not at their poll
+    message = _accepted(node, order.deadline, deadline, accepted_at)
+    return Drain(DRAINED, message, deadline, accepted_at)
 
 
 def confirm(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:

@@ -25,6 +25,16 @@ node's state file when it changes. Every other process on the node reads only th
 reader takes over. A process that never asks costs nothing. Outside a Ray worker or driver
 (no `ray.init`), `deadline()` says None.
 
+Speed: the GCS tells no one when a node starts draining (`GcsNodeManager::SetNodeDraining`
+publishes nothing), so a watcher that only polls learns of a drain up to POLL_S late. The
+responder's own drains do not wait for the poll: the watcher listens on a TCP port of its
+node's address, kept in Ray's KV under `preemption-hint/<node id>`, and the drain command
+(`tell`, ray_hooks.drain) connects there once the GCS has accepted the drain. The hint names
+the node and carries nothing else: it only makes the watcher read the GCS at once (at most
+once per HINT_GAP_S), so a stray or forged connection can neither invent a deadline nor
+raise the GCS reads above about one a second. A drain by anything else (the autoscaler, `ray
+drain-node`) is seen at the next poll.
+
 The deadline is the one Ray holds: the earliest real termination time the responder was told
 (see ray_hooks.drain), or none when the node was drained without one.
 """
@@ -37,6 +47,8 @@ import fcntl
 import json
 import logging
 import os
+import select
+import socket
 import tempfile
 import threading
 import time
@@ -54,7 +66,32 @@ log = logging.getLogger(__name__)
 POLL_S = float(os.environ.get("RAY_HOOKS_PREEMPTION_POLL_S", "1.0"))
 #: Seconds between two reads of the node's state file by the other processes.
 READ_S = float(os.environ.get("RAY_HOOKS_PREEMPTION_READ_S", "0.05"))
+#: Least seconds between two GCS reads that hints cause.
+HINT_GAP_S = float(os.environ.get("RAY_HOOKS_PREEMPTION_HINT_GAP_S", "1.0"))
+#: Seconds `tell` waits for the watcher's port, and the watcher for a hint's bytes.
+HINT_TIMEOUT_S = 0.5
 _RPC_TIMEOUT_S = 5
+_KV_NAMESPACE = b"spot-responder"
+
+
+def tell(gcs: Any, node_id: str, timeout_s: float = HINT_TIMEOUT_S) -> bool:
+    """Tell `node_id`'s watcher, if it has one, to read the GCS now (for the drain command,
+    once the drain is accepted). True when the hint was delivered; never raises."""
+    try:
+        address = gcs.internal_kv_get(_hint_key(node_id), _KV_NAMESPACE, timeout_s)
+        if not address:
+            return False
+        host, port = address.decode().rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as connection:
+            connection.sendall(node_id.encode())
+        return True
+    except Exception:  # the watcher's poll is the fallback; the drain stands either way
+        log.debug("no preemption hint delivered to node %s", node_id, exc_info=True)
+        return False
+
+
+def _hint_key(node_id: str) -> bytes:
+    return f"preemption-hint/{node_id}".encode()
 
 
 @dataclass(frozen=True)
@@ -106,9 +143,12 @@ async def wait(poll_s: float = READ_S) -> Deadline:
 class _NodeWatch:
     """One per process: leads the node's watch (GCS reads) or follows it (file reads)."""
 
-    def __init__(self, node_id: str, gcs: Any, directory: Path) -> None:
+    def __init__(self, node_id: str, gcs: Any, directory: Path, node_ip: str) -> None:
         self.node_id = node_id
         self._gcs = gcs
+        self._node_ip = node_ip
+        self._hints: socket.socket | None = None
+        self._last_hinted = 0.0
         self._state = directory / f"{node_id}.json"
         self._lock_path = directory / f"{node_id}.lock"
         self._lock: Any = None
@@ -149,7 +189,10 @@ class _NodeWatch:
                 self._refresh()
             except Exception:  # a passing GCS or disk failure: try again next round
                 log.debug("preemption watch round failed", exc_info=True)
-            time.sleep(POLL_S if self.leads else READ_S)
+            if self.leads:
+                self._wait_for_hint(POLL_S)
+            else:
+                time.sleep(READ_S)
 
     def _refresh(self) -> None:
         if not self.leads:
@@ -167,6 +210,48 @@ class _NodeWatch:
             handle.close()
             return
         self._lock = handle
+        self._listen()
+
+    def _listen(self) -> None:
+        """Open the hint port and say where it is in Ray's KV (once per watcher)."""
+        try:
+            hints = socket.create_server((self._node_ip, 0), backlog=16)
+            host, port = hints.getsockname()[:2]
+            self._gcs.internal_kv_put(
+                _hint_key(self.node_id),
+                f"{host}:{port}".encode(),
+                True,
+                _KV_NAMESPACE,
+                _RPC_TIMEOUT_S,
+            )
+        except Exception:  # no hints then: the poll alone tells this node
+            log.debug("preemption hints not available on node %s", self.node_id, exc_info=True)
+            return
+        self._hints = hints
+
+    def _wait_for_hint(self, timeout_s: float) -> None:
+        """Sleep `timeout_s`, or less when a hint for this node comes (HINT_GAP_S apart)."""
+        until = time.monotonic() + timeout_s
+        while self._hints is not None and (left := until - time.monotonic()) > 0:
+            readable, _, _ = select.select([self._hints], [], [], left)
+            if readable and self._hinted() and time.monotonic() - self._last_hinted >= HINT_GAP_S:
+                self._last_hinted = time.monotonic()
+                return
+        time.sleep(max(0.0, until - time.monotonic()))
+
+    def _hinted(self) -> bool:
+        assert self._hints is not None
+        try:
+            connection, _ = self._hints.accept()
+        except OSError:
+            return False
+        with connection:
+            connection.settimeout(HINT_TIMEOUT_S)
+            try:
+                said = connection.recv(64)
+            except OSError:
+                return False
+        return said == self.node_id.encode()
 
     def _poll_gcs(self) -> None:
         draining = compat.draining_nodes(self._gcs, _RPC_TIMEOUT_S)
@@ -238,5 +323,6 @@ def _watch() -> _NodeWatch | None:
             )
             directory.mkdir(parents=True, exist_ok=True)
             gcs = global_worker.gcs_client  # type: ignore[attr-defined]  # set by ray.init
-            _watches[node_id] = _NodeWatch(node_id, gcs, directory)
+            node_ip = global_worker.node_ip_address
+            _watches[node_id] = _NodeWatch(node_id, gcs, directory, node_ip)
         return _watches[node_id]

@@ -2,10 +2,11 @@
 
 `make bench-deadline` measures `ray_hooks.preemption` on real local Ray clusters:
 
-1. latency: over `--drains` drains (default 200; four nodes at a time, each with two actors
-   watching: the node's watcher and a follower), the delay from the moment the GCS accepted
-   the drain (`GcsClient.drain_node` returned) to the moment the actor's `on_notice`
-   callback ran; p50, p99, max;
+1. latency: over `--drains` drains by the responder (default 200; five nodes at a time, each
+   with two actors watching: the node's watcher and a follower), the delay from the moment
+   the GCS accepted the drain (ray_hooks.drain's `issued_at`) to the moment the actor's
+   `on_notice` callback ran; p50, p99, max; then a quarter as many drains by another party
+   (`GcsClient.drain_node`, no hint: what the poll alone gives);
 2. cost: calls to the GCS's GetDrainingNodes per second, as the GCS itself counts them (the
    event stats it prints into `gcs_server.out`, every second here), with 0, 40 and 2,000
    watching loops on 4 nodes (5 worker processes per node, the loops as threads in them);
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,7 @@ def _run(drains: int) -> dict[str, Any]:
     info = machine()
     cost = _cost()  # each phase printed once done, so a later failure loses nothing
     print(f"cost: {json.dumps(cost)}", file=sys.stderr)
-    latency = _latency(drains)
+    latency = [_latency(drains, by_responder=True), _latency(drains // 4, by_responder=False)]
     print(f"latency: {json.dumps(latency)}", file=sys.stderr)
     scenario = [asdict(interrupt(responder=True)), asdict(interrupt(responder=False))]
     return {
@@ -112,12 +114,17 @@ def _run(drains: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- 1. latency
 
 
-def _latency(drains: int) -> dict[str, Any]:
+def _latency(drains: int, by_responder: bool) -> dict[str, Any]:
+    """`drains` drains, five nodes a round; by the responder's own drain (ray_hooks.drain,
+    which hints the node's watcher) or by anyone else (`GcsClient.drain_node`: the poll)."""
     import ray
     from ray._raylet import GcsClient
     from ray.cluster_utils import Cluster
     from ray.core.generated import autoscaler_pb2
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ray_hooks.drain import DrainOrder, send_drains
+    from ray_hooks.nodes import list_nodes
 
     preemption = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -137,11 +144,24 @@ def _latency(drains: int) -> dict[str, Any]:
                 for _ in range(2)
             ]
             ray.get([actor.when.remote() for actor in actors], timeout=120)
-            accepted = {}
-            deadline_ms = int((time.time() + 600) * 1000)
-            for node in nodes:
-                gcs.drain_node(node.node_id, preemption, "bench", deadline_ms)
-                accepted[node.node_id] = time.time()
+            deadline = datetime.now(UTC) + timedelta(seconds=600)
+            accepted: dict[str, float] = {}
+            if by_responder:
+                ids = {node.node_id for node in nodes}
+                orders = [
+                    DrainOrder(node, deadline, "bench")
+                    for node in list_nodes(gcs)
+                    if node.node_id in ids
+                ]
+                for node_id, drain in send_drains(gcs, orders).items():
+                    assert drain.issued_at is not None, drain
+                    accepted[node_id] = drain.issued_at.timestamp()
+            else:
+                for node in nodes:
+                    gcs.drain_node(
+                        node.node_id, preemption, "bench", int(deadline.timestamp() * 1000)
+                    )
+                    accepted[node.node_id] = time.time()
             time.sleep(2.5)
             for index, actor in enumerate(actors):
                 when = ray.get(actor.when.remote(), timeout=60)
@@ -150,12 +170,13 @@ def _latency(drains: int) -> dict[str, Any]:
                     delays.append(when - accepted[node_id])
             for node in nodes:
                 cluster.remove_node(node, allow_graceful=False)
-            print(f"  {len(delays)} / {drains}", file=sys.stderr)
+            print(f"  {len(delays) // 2} / {drains}", file=sys.stderr)
     finally:
         ray.shutdown()
         cluster.shutdown()
     ordered = sorted(delays)
     return {
+        "drained_by": "responder" if by_responder else "another party",
         "drains": len(delays) // 2,
         "signals": len(delays),
         "delays_s": [round(d, 4) for d in delays],
@@ -233,7 +254,6 @@ def _gcs_calls(gcs_log: Path) -> int:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    latency = report["latency"]
     lines = [
         "# Deadline signal: drain accepted → seen inside a running actor",
         "",
@@ -242,15 +262,17 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Watcher poll period {report['poll_s']} s; `make bench-deadline`.",
         "",
         markdown_table(
-            ["drains", "signals", "p50 s", "p99 s", "max s"],
+            ["drained by", "drains", "signals", "p50 s", "p99 s", "max s"],
             [
                 [
-                    latency["drains"],
-                    latency["signals"],
-                    latency["p50_s"],
-                    latency["p99_s"],
-                    latency["max_s"],
+                    row.get("drained_by", "another party"),
+                    row["drains"],
+                    row["signals"],
+                    row["p50_s"],
+                    row["p99_s"],
+                    row["max_s"],
                 ]
+                for row in _latencies(report)
             ],
         ),
         "",
@@ -290,11 +312,20 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _latencies(report: dict[str, Any]) -> list[dict[str, Any]]:
+    latency = report["latency"]
+    return latency if isinstance(latency, list) else [latency]  # one row before the hint
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    delays = sorted(report["latency"]["delays_s"])
-    left.plot(delays, [(n + 1) / len(delays) for n in range(len(delays))])
+    for row in _latencies(report):
+        delays = sorted(row["delays_s"])
+        label = f"drained by {row.get('drained_by', 'another party')}"
+        left.plot(delays, [(n + 1) / len(delays) for n in range(len(delays))], label=label)
+    left.axvline(1.0, linestyle="--", color="grey")
+    left.legend()
     left.set_xlabel("drain accepted → callback in the actor (s)")
     left.set_ylabel("share of signals")
     left.set_title("signal delay (CDF)")

@@ -2,7 +2,8 @@
 
 One cluster for the module (a head with no CPUs, two labelled workers). Actors on one
 worker watch their node; the warning for it is answered by `python -m ray_hooks respond`,
-and what the actors saw - and how many of them asked the GCS - is read back from them.
+and what the actors saw - and how many of them asked the GCS - is read back from them. The
+watchers poll the GCS only every 30 s here: what tells them in time is the drain's hint.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     state_dir = str(tmp_path_factory.mktemp("preemption"))
-    env = {"RAY_HOOKS_PREEMPTION_DIR": state_dir}
+    env = {"RAY_HOOKS_PREEMPTION_DIR": state_dir, "RAY_HOOKS_PREEMPTION_POLL_S": "30"}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         for instance_id in (WARNED, SPARED):
