@@ -57,7 +57,8 @@ def _git_commit() -> str:
     done = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     )
-    return done.stdout.strip() or "unknown"
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    return (done.stdout.strip() or "unknown") + (" with uncommitted changes" if changed else "")
 
 
 def machine_line(info: dict[str, Any]) -> str:
