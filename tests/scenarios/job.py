@@ -13,7 +13,9 @@ Items (`kind`):
 - `return` (`max_retries`): a finished task's return, its only copy on the node (not fetched);
 - `owned-object`: an object stored on the spare node, owned by an actor on the doomed node;
 - `owned-actor`: an actor on the spare node, created (owned) by an actor on the doomed node;
-- `pg`: a placement group whose one bundle is on the node, with a task (default retries) in it.
+- `pg`: a placement group whose one bundle is on the node, with a task (default retries) in it;
+- `serve`: a Ray Serve application whose one replica lives on the node; it must answer after
+  the kill (Serve starts a replica elsewhere once the node drains).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def place(item: dict[str, Any], spec: dict[str, Any], gate: Any, index: int) -> 
         return actor
     if kind == "pg":
         return place_group(spec, gate, name)
+    if kind == "serve":
+        return place_replica(spec, name)
     keeper = (
         ray.remote(Keeper)
         .options(
@@ -154,6 +158,38 @@ def place_group(spec: dict[str, Any], gate: Any, name: str) -> Any:
     raise RuntimeError("the placement group never landed on the doomed node")
 
 
+class Echo:
+    """A Serve deployment that says where its replica lives."""
+
+    def __call__(self) -> str:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+
+def place_replica(spec: dict[str, Any], name: str) -> Any:
+    """A Serve application with one replica on the doomed node, which may also live on the
+    spare (a label selector on the instance id): deployed again until Serve put it on the
+    doomed node. Its handle."""
+    from ray import serve
+
+    serve.start(proxy_location="Disabled")
+    allowed = {INSTANCE_ID_LABEL: f"in({spec['instance_id']},{spec['spare_instance_id']})"}
+    deployment = serve.deployment(
+        Echo,
+        name="echo",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0, "resources": {SPOT: 0.01}, "label_selector": allowed},
+        graceful_shutdown_timeout_s=2,
+    )
+    for _ in range(20):
+        handle = serve.run(deployment.bind(), name=name, route_prefix=None)
+        if handle.remote().result(timeout_s=60) == spec["node_id"]:
+            return handle
+        serve.delete(name)
+    raise RuntimeError("the Serve replica never landed on the doomed node")
+
+
 def running_tasks(items: list[dict[str, Any]]) -> int:
     return sum(item["kind"] in {"task", "pg"} for item in items)
 
@@ -171,6 +207,8 @@ def collect(item: dict[str, Any], placed: Any, deadline: float) -> dict[str, Any
             answer(placed, deadline)
         elif kind == "owned-actor":
             answer(placed[1], deadline)
+        elif kind == "serve":
+            placed.remote().result(timeout_s=max(1.0, deadline - time.monotonic()))
         else:
             ray.get(placed[1], timeout=max(1.0, deadline - time.monotonic()))
     except Exception as exc:  # what Ray raises for what is lost

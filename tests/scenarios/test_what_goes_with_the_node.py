@@ -38,6 +38,7 @@ JOBS: dict[str, tuple[dict[str, object], bool, str]] = {
     "object owned there, stored elsewhere": ({"kind": "owned-object"}, False, "lost"),
     "actor owned there, living elsewhere": ({"kind": "owned-actor"}, False, "lost"),
     "placement group bundle there": ({"kind": "pg"}, False, "recovered"),
+    "Serve replica there": ({"kind": "serve"}, False, "recovered"),
     "driver on the node": ({"kind": "task", "max_retries": None}, True, "lost"),
 }
 #: What the verdict cannot know: Ray 2.60 publishes no task's max_retries (only the task's
@@ -100,3 +101,14 @@ def test_the_verdict_matches_what_ray_then_did(
         assert job.verdict in {"lost", "at-risk"}, (name, job.verdict, job.reasons)
     else:
         assert job.verdict == "will-recover", (name, job.verdict, job.reasons)
+
+
+def test_a_serve_replica_is_named_as_healing_itself_and_the_app_answers_after_the_kill(
+    played: tuple[dict[str, Job], Round],
+) -> None:
+    jobs, _ = played
+    job = jobs["Serve replica there"]
+    print(f"\nServe job: verdict {job.verdict}, reasons {job.reasons}, outcomes {job.outcomes}")
+    assert job.verdict == "will-recover"
+    assert any("Ray Serve" in reason for reason in job.reasons), job.reasons
+    assert job.outcomes == [{"kind": "serve", "ok": True, "error": ""}]
