@@ -10,6 +10,9 @@ import os
 import socket
 from typing import Any
 
+#: The namespace of everything ray_hooks keeps in Ray's KV.
+KV_NAMESPACE = b"spot-responder"
+
 #: Ray reads these when the GcsClient is made; without them an unreachable GCS takes 40 s.
 _FAST_FAIL_RAY_CONFIG = {
     "RAY_py_gcs_connect_timeout_s": "10",

@@ -172,10 +172,10 @@ def _send(gcs: NodeDrainer, order: DrainOrder, deadline: datetime, clock: Clock)
         log.warning("GCS rejected the drain of node %s: %s", node.node_id, rejection)
         return Drain(DRAIN_REJECTED, f"drain rejected by GCS: {rejection or 'no reason given'}")
     log.info("drain of node %s accepted (deadline %s)", node.node_id, deadline)
-    accepted_at = clock()
-    preemption.tell(gcs, node.node_id)  # the node's own tasks learn it now, not at their poll
-    message = _accepted(node, order.deadline, deadline, accepted_at)
-    return Drain(DRAINED, message, deadline, accepted_at)
+    # The node's own tasks learn it now, not at their poll; beside the read-back, not before
+    # it (not a daemon: the command's exit waits the hint's at most two short timeouts).
+    threading.Thread(target=preemption.tell, args=(gcs, node.node_id), name="hint").start()
+    return Drain(DRAINED, _accepted(node, order.deadline, deadline, clock()), deadline, clock())
 
 
 def confirm(gcs: NodeDrainer, drains: Mapping[str, Drain]) -> dict[str, Drain]:

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ray_hooks.cluster import KV_NAMESPACE
 from ray_hooks.contract import LOST, JobImpact, NoticeResult, format_timestamp
 from ray_hooks.nodes import DEAD, RayNode, list_nodes
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = b"spot-responder"
+NAMESPACE = KV_NAMESPACE
 PREFIX = b"verdict/"
 #: Seconds after the node's death before its jobs' outcomes are read (tests shorten it).
 SETTLE_S = float(os.environ.get("RAY_HOOKS_OUTCOME_SETTLE_S", "20"))

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_hooks import compat
+from ray_hooks.cluster import KV_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,13 @@ HINT_REREAD_S = 0.2
 #: Seconds `tell` waits for the watcher's port, and the watcher for a hint's bytes.
 HINT_TIMEOUT_S = 0.5
 _RPC_TIMEOUT_S = 5
-_KV_NAMESPACE = b"spot-responder"
 
 
 def tell(gcs: Any, node_id: str, timeout_s: float = HINT_TIMEOUT_S) -> bool:
     """Tell `node_id`'s watcher, if it has one, to read the GCS now (for the drain command,
     once the drain is accepted). True when the hint was delivered; never raises."""
     try:
-        address = gcs.internal_kv_get(_hint_key(node_id), _KV_NAMESPACE, timeout_s)
+        address = gcs.internal_kv_get(_hint_key(node_id), KV_NAMESPACE, timeout_s)
         if not address:
             return False
         host, port = address.decode().rsplit(":", 1)
@@ -225,7 +225,7 @@ class _NodeWatch:
                 _hint_key(self.node_id),
                 f"{host}:{port}".encode(),
                 True,
-                _KV_NAMESPACE,
+                KV_NAMESPACE,
                 _RPC_TIMEOUT_S,
             )
         except Exception:  # no hints then: the poll alone tells this node

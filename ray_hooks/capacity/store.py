@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ray_hooks.capacity.record import CapacityRequest, iso, parse_iso
+from ray_hooks.cluster import KV_NAMESPACE
 from ray_hooks.replacement import Pool, parse_pool
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = b"spot-responder"
+NAMESPACE = KV_NAMESPACE
 _REQUEST_PREFIX = b"capacity-request/"
 _POOL_PREFIX = b"unavailable-pool/"
 RPC_TIMEOUT_S = 10.0
