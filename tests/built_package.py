@@ -47,22 +47,29 @@ print(json.dumps({"response": handler(event, Context()), "path": sys.path,
 """
 
 
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 def environment(aws: Aws, names: dict[str, str]) -> dict[str, str]:
     """The function's environment as template.yaml declares it, resolved for moto."""
     variables = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
     parameters = cfn.template()["Parameters"]
-    resolved: dict[str, str] = {}
-    for key, value in variables.items():
+
+    def resolve(value: Any) -> str:
+        if isinstance(value, dict) and "Fn::Join" in value:  # a CommaDelimitedList's value
+            separator, parts = value["Fn::Join"]
+            return separator.join(resolve(part) for part in as_list(parts))
         if isinstance(value, dict) and "Ref" in value:
             ref = value["Ref"]
             if ref in names:
-                resolved[key] = names[ref]
-            elif ref == "AWS::AccountId":
-                resolved[key] = "123456789012"
-            else:
-                resolved[key] = str(parameters[ref].get("Default", ""))
-        else:
-            resolved[key] = str(value)
+                return names[ref]
+            if ref == "AWS::AccountId":
+                return "123456789012"
+            return str(parameters[ref].get("Default", ""))
+        return str(value)
+
+    resolved = {key: resolve(value) for key, value in variables.items()}
     return resolved | {
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,

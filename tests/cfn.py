@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,28 @@ def template() -> dict[str, Any]:
     return loaded
 
 
+def deployed(parameters: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """template.yaml with its Fn::ForEach loops expanded, as the AWS::LanguageExtensions
+    transform does, for these parameter values (the template's defaults for the rest).
+    The SAM CLI's implementation of the transform does the work; other intrinsic
+    functions are left for the caller to evaluate."""
+    from samcli.lib.cfn_language_extensions.api import create_default_intrinsic_resolver
+    from samcli.lib.cfn_language_extensions.models import TemplateProcessingContext
+    from samcli.lib.cfn_language_extensions.pipeline import ProcessingPipeline
+    from samcli.lib.cfn_language_extensions.processors import (
+        ForEachProcessor,
+        TemplateParsingProcessor,
+    )
+
+    context = TemplateProcessingContext(
+        fragment=copy.deepcopy(template()), parameter_values=dict(parameters or {})
+    )
+    resolver = create_default_intrinsic_resolver(context)
+    pipeline = ProcessingPipeline([TemplateParsingProcessor(), ForEachProcessor(resolver)])
+    expanded: dict[str, Any] = pipeline.process_template(context)
+    return expanded
+
+
 def resource(logical_id: str) -> dict[str, Any]:
     """A copy of one resource's declaration (tests may change it freely)."""
     found: dict[str, Any] = copy.deepcopy(template()["Resources"][logical_id])
@@ -46,7 +69,8 @@ def resource(logical_id: str) -> dict[str, Any]:
 
 
 def resources_of_type(kind: str) -> dict[str, dict[str, Any]]:
-    return {k: copy.deepcopy(v) for k, v in template()["Resources"].items() if v["Type"] == kind}
+    resources = deployed()["Resources"]  # with the Fn::ForEach loops expanded
+    return {k: v for k, v in resources.items() if v["Type"] == kind}
 
 
 def sub(value: Any, variables: dict[str, str]) -> str:

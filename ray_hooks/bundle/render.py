@@ -88,6 +88,9 @@ def _checked(kind: str, value: str) -> str:
     return value
 
 
+HEAD_PROFILE_OUTPUT = "RayHeadInstanceProfileArn"
+
+
 @dataclass(frozen=True)
 class StackValues:
     """What the cluster needs from the Ray Spot Responder stack."""
@@ -100,9 +103,27 @@ class StackValues:
     stack_name: str | None = None
 
     @classmethod
-    def from_outputs(cls, outputs: Mapping[str, str], stack_name: str | None = None) -> StackValues:
+    def from_outputs(
+        cls,
+        outputs: Mapping[str, str],
+        stack_name: str | None = None,
+        cluster_name: str | None = None,
+    ) -> StackValues:
+        """The head profile: the stack's one for every cluster (or a flag's), else the one
+        a ClusterAllowlist gives this cluster (RayHeadInstanceProfileArnFor<its name
+        without punctuation>), whose role reaches only that cluster's workers."""
+        own = f"{HEAD_PROFILE_OUTPUT}For{re.sub('[^A-Za-z0-9]', '', cluster_name or '')}"
+        head = outputs.get(HEAD_PROFILE_OUTPUT) or (outputs.get(own) if cluster_name else None)
+        if head is None:
+            listed = sorted(k for k in outputs if k.startswith(f"{HEAD_PROFILE_OUTPUT}For"))
+            if listed:
+                raise RenderError(
+                    f"the stack has no head instance profile for cluster {cluster_name!r} "
+                    f"(no output {own}; it has {', '.join(listed)}): add the cluster to "
+                    "the stack's ClusterAllowlist"
+                )
+            raise RenderError(f"the stack outputs have no {HEAD_PROFILE_OUTPUT}")
         try:
-            head = outputs["RayHeadInstanceProfileArn"]
             worker = outputs["RayWorkerInstanceProfileArn"]
         except KeyError as missing:
             raise RenderError(f"the stack outputs have no {missing.args[0]}") from None
@@ -319,7 +340,9 @@ def stack_values(
         "SpillBucketName": args.spill_bucket,
     }
     outputs.update({k: v for k, v in flags.items() if v is not None})
-    return StackValues.from_outputs(outputs, stack_name=args.stack_name)
+    return StackValues.from_outputs(
+        outputs, stack_name=args.stack_name, cluster_name=args.cluster_name
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

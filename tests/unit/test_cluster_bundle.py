@@ -540,3 +540,29 @@ def test_worker_start_command_is_one_shell_line_per_step(config):
     for command in config["worker_start_ray_commands"] + config["head_start_ray_commands"]:
         subprocess.run(["bash", "-n", "-c", command], check=True)
         assert shlex.split(command)
+
+
+def test_with_an_allowlist_each_cluster_gets_the_head_profile_of_its_own_role():
+    # a stack with ClusterAllowlist "ray-on-aws,batch-2" has no head profile for every
+    # cluster, one per listed cluster (see template.yaml, Fn::ForEach::ClusterHeads)
+    own = "arn:aws:iam::123456789012:instance-profile/rsr-RayHeadInstanceProfileForbatch2-X"
+    other = "arn:aws:iam::123456789012:instance-profile/rsr-RayHeadInstanceProfileForrayonaws-Y"
+    outputs = {
+        "RayHeadInstanceProfileArnForrayonaws": other,
+        "RayHeadInstanceProfileArnForbatch2": own,
+        "RayWorkerInstanceProfileArn": WORKER_PROFILE,
+    }
+
+    def values(*flags: str) -> render.StackValues:
+        return render.stack_values(
+            render.parse_args([*NETWORK, *flags]), lambda s, r: dict(outputs)
+        )
+
+    assert values("--cluster-name", "batch-2").head_instance_profile_arn == own
+    assert values("--cluster-name", "ray-on-aws").head_instance_profile_arn == other
+    # an explicit flag still wins
+    flagged = values("--cluster-name", "batch-2", "--head-instance-profile", HEAD_PROFILE)
+    assert flagged.head_instance_profile_arn == HEAD_PROFILE
+    # a cluster the stack does not list gets no other cluster's role, and is told why
+    with pytest.raises(render.RenderError, match="add the cluster to the stack's ClusterAllowlist"):
+        values("--cluster-name", "ad-hoc")

@@ -75,7 +75,7 @@ class Stack:
     """
 
     def __init__(self, overrides: dict[str, str]) -> None:
-        template = cfn.template()
+        template = cfn.deployed(overrides)
         self.parameters = {
             name: str(overrides.get(name, spec.get("Default", "")))
             for name, spec in template["Parameters"].items()
@@ -102,8 +102,9 @@ class Stack:
 
     def intrinsic(self, key: str, arg: Any) -> Any:
         functions = {
-            "Ref": self._ref,
-            "Fn::GetAtt": lambda a: f"<{a[0]}.{a[1]}>",
+            # Fn::ForEach leaves Ref and GetAtt of a generated name as Fn::Sub
+            "Ref": lambda a: self._ref(self.eval(a)),
+            "Fn::GetAtt": lambda a: f"<{self.eval(a[0])}.{a[1]}>",
             "Fn::Sub": self._sub,
             "Fn::If": lambda a: self.eval(a[1] if self.conditions[a[0]] else a[2]),
             "Fn::Equals": lambda a: str(self.eval(a[0])) == str(self.eval(a[1])),
@@ -130,6 +131,15 @@ class Stack:
         # a name that is no parameter is a resource: Ref or LogicalId.Attribute
         names = re.findall(r"\$\{([^}!][^}]*)\}", text)
         return cfn.sub(text, {n: str(known.get(n, f"<{n}>")) for n in names})
+
+    def head_roles(self) -> list[str]:
+        """The roles of the head instance profiles: one per allow-listed cluster, or one."""
+        return sorted(
+            role.strip("<>")
+            for name, profile in self.of_type("AWS::IAM::InstanceProfile").items()
+            if name.startswith("RayHeadInstanceProfile")
+            for role in profile["Properties"]["Roles"]
+        )
 
     def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.resources.items() if v["Type"] == kind}
@@ -162,12 +172,15 @@ class Stack:
         return found
 
     def role_statements(self, role: str) -> list[dict[str, Any]]:
-        """Statements of one role: its inline policies and the AWS::IAM::Policy on it."""
+        """Statements of one role: its inline policies, the AWS::IAM::Policy on it and the
+        stack's managed policies it names."""
         attached = {
             name
             for name, res in self.of_type("AWS::IAM::Policy").items()
             if f"<{role}>" in res["Properties"]["Roles"]
         }
+        named = self.resources[role]["Properties"].get("ManagedPolicyArns", [])
+        attached |= {n for n in self.of_type("AWS::IAM::ManagedPolicy") if f"<{n}>" in named}
         return [
             s
             for s in self.statements()
@@ -232,25 +245,26 @@ def test_identity_policies_only_allow(stack):
         assert statement["Effect"] == "Allow", statement["_origin"]
 
 
-def test_no_role_has_a_managed_policy(stack):
+def test_no_role_has_a_managed_policy_but_the_stacks_own(stack):
     # AmazonSSMManagedInstanceCore would let every node read all of Parameter Store
+    own = {f"<{name}>" for name in stack.of_type("AWS::IAM::ManagedPolicy")}
     for name, role in stack.of_type("AWS::IAM::Role").items():
-        assert role["Properties"].get("ManagedPolicyArns", []) == [], name
+        assert set(role["Properties"].get("ManagedPolicyArns", [])) <= own, name
 
 
 def test_ray_nodes_read_no_parameter_store_value_but_the_public_ami_ids(stack):
-    for role in ("RayHeadRole", "RayWorkerRole"):
+    for role in [*stack.head_roles(), "RayWorkerRole"]:
         for statement in stack.role_statements(role):
             reads = [a for a in actions(statement) if a.startswith("ssm:GetParameter")]
             if reads:
-                assert role == "RayHeadRole"
+                assert role in stack.head_roles()
                 assert resources(statement) == [
                     f"arn:aws:ssm:{REGION}::parameter/aws/service/ami-amazon-linux-latest/*"
                 ]
 
 
 def test_nodes_get_what_the_ssm_agent_needs_and_nothing_more_of_ssm(stack):
-    for role in ("RayHeadRole", "RayWorkerRole"):
+    for role in [*stack.head_roles(), "RayWorkerRole"]:
         granted = {
             a
             for s in stack.role_statements(role)
@@ -258,7 +272,7 @@ def test_nodes_get_what_the_ssm_agent_needs_and_nothing_more_of_ssm(stack):
             if a.split(":")[0] in {"ssm", "ssmmessages", "ec2messages"}
         }
         expected = AGENT_CHANNELS | {"ssm:UpdateInstanceInformation"}
-        if role == "RayHeadRole":
+        if role in stack.head_roles():
             expected |= {"ssm:GetParameters"}  # the AMI aliases only (above)
         assert granted == expected, role
 
@@ -344,8 +358,9 @@ def test_cluster_allowlist_narrows_send_command_to_the_listed_clusters():
         }
     }
     # and the code gets the same list
-    globals_env = cfn.template()["Globals"]["Function"]["Environment"]["Variables"]
-    assert globals_env["CLUSTER_ALLOWLIST"] == {"Ref": "ClusterAllowlist"}
+    listed = Stack({"ClusterAllowlist": "ray-on-aws,batch-2"})
+    globals_env = listed.eval(cfn.template()["Globals"]["Function"]["Environment"]["Variables"])
+    assert globals_env["CLUSTER_ALLOWLIST"] == "ray-on-aws,batch-2"
 
 
 def test_dynamodb_access_is_limited_to_the_ledger_table_and_its_index(stack):
@@ -386,11 +401,14 @@ def test_sam_transform_adds_no_role_or_policy_of_its_own(monkeypatch):
             raise AssertionError("the SAM transform wanted to look up managed policies")
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    template = json.loads(json.dumps(cfn.template()))
+    # what SAM transforms is the template after AWS::LanguageExtensions, which runs first
+    template = json.loads(json.dumps(cfn.deployed(EVERYTHING)))
+    template["Transform"] = "AWS::Serverless-2016-10-31"
     template["Globals"]["Function"]["CodeUri"] = "s3://bucket/code.zip"
     deployed = transform(template, {}, NoManagedPolicyLookups())["Resources"]
     roles = {k for k, v in deployed.items() if v["Type"] == "AWS::IAM::Role"}
-    ours = {k for k, v in cfn.template()["Resources"].items() if v["Type"] == "AWS::IAM::Role"}
+    ours = {k for k, v in template["Resources"].items() if v["Type"] == "AWS::IAM::Role"}
+    assert {"RayHeadRoleForrayonaws", "RayHeadRoleForbatch2"} <= ours
     assert roles - ours == {"ReconcileFunctionReconcileRole"}
     scheduler = deployed["ReconcileFunctionReconcileRole"]["Properties"]
     assert "ManagedPolicyArns" not in scheduler
@@ -404,13 +422,28 @@ def test_sam_transform_adds_no_role_or_policy_of_its_own(monkeypatch):
     ]
 
 
+def test_sam_deploy_as_configured_expands_the_per_cluster_loops():
+    """Fn::ForEach needs the AWS::LanguageExtensions transform, which CloudFormation runs
+    only with CAPABILITY_AUTO_EXPAND and the SAM CLI only with its language-extensions
+    option: samconfig.toml, what `sam build && sam deploy` reads, turns both on."""
+    import tomllib
+
+    assert cfn.template()["Transform"][0] == "AWS::LanguageExtensions"
+    config = tomllib.loads((cfn.TEMPLATE.parent / "samconfig.toml").read_text())["default"]
+    for command in ("build", "package", "deploy"):
+        assert config[command]["parameters"]["language_extensions"] is True, command
+    capabilities = config["deploy"]["parameters"]["capabilities"].split()
+    assert set(capabilities) == {"CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"}
+
+
 # ---------------------------------------------------------------- the Ray nodes
 
 
 def cluster_scope(stack: Stack, key: str) -> dict[str, Any]:
-    """The ray-cluster-name part of a head-role condition: the allowlist when there is one."""
+    """The ray-cluster-name part of a head-role condition: with an allowlist, the cluster
+    the head role itself is tagged with (each listed cluster has a role of its own)."""
     if stack.conditions["HasClusterAllowlist"]:
-        return {"StringEquals": {key: ["ray-on-aws", "batch-2"]}}
+        return {"StringEquals": {key: "${aws:PrincipalTag/ray-cluster-name}"}}
     return {"StringLike": {key: "?*"}}
 
 
@@ -423,9 +456,13 @@ def merged(*conditions: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_ray_head_launches_only_ray_workers_of_the_bundles_instance_types(stack):
+    for head in stack.head_roles():
+        launch_only_workers(stack, stack.role_statements(head))
+
+
+def launch_only_workers(stack: Stack, statements: list[dict[str, Any]]) -> None:
     from ray_hooks.bundle.render import ClusterOptions
 
-    statements = stack.role_statements("RayHeadRole")
     (on_instances,) = [
         s for s in statements if "ec2:RunInstances" in actions(s) and INSTANCES_ARN in resources(s)
     ]
@@ -443,34 +480,77 @@ def test_ray_head_launches_only_ray_workers_of_the_bundles_instance_types(stack)
 
 
 def test_ray_head_terminates_only_ray_workers(stack):
-    (terminate,) = [
-        s for s in stack.role_statements("RayHeadRole") if "ec2:TerminateInstances" in actions(s)
-    ]
-    assert resources(terminate) == [INSTANCES_ARN]
-    assert terminate["Condition"] == merged(
-        {"StringEquals": {"aws:ResourceTag/ray-node-type": "worker"}},
-        cluster_scope(stack, "aws:ResourceTag/ray-cluster-name"),
-    )
+    for head in stack.head_roles():
+        (terminate,) = [
+            s for s in stack.role_statements(head) if "ec2:TerminateInstances" in actions(s)
+        ]
+        assert resources(terminate) == [INSTANCES_ARN]
+        assert terminate["Condition"] == merged(
+            {"StringEquals": {"aws:ResourceTag/ray-node-type": "worker"}},
+            cluster_scope(stack, "aws:ResourceTag/ray-cluster-name"),
+        )
 
 
 def test_ray_head_retags_only_the_status_tags_of_workers(stack):
-    tagging = [s for s in stack.role_statements("RayHeadRole") if "ec2:CreateTags" in actions(s)]
-    assert len(tagging) == 2
-    at_launch, after = sorted(tagging, key=lambda s: "ec2:CreateAction" not in str(s))
-    assert at_launch["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
-    # after launch Ray sets only these (ray/autoscaler/_private/updater.py); ray-node-type
-    # and ray-cluster-name cannot be rewritten, so a head cannot be turned into a worker
-    assert after["Condition"] == merged(
-        {"StringEquals": {"aws:ResourceTag/ray-node-type": "worker"}},
-        cluster_scope(stack, "aws:ResourceTag/ray-cluster-name"),
-        {
-            "ForAllValues:StringEquals": {
-                "aws:TagKeys": ["ray-node-status", "ray-runtime-config", "ray-file-mounts-contents"]
-            }
-        },
-    )
-    for statement in tagging:
-        assert resources(statement) == [INSTANCES_ARN]
+    for head in stack.head_roles():
+        tagging = [s for s in stack.role_statements(head) if "ec2:CreateTags" in actions(s)]
+        assert len(tagging) == 2
+        at_launch, after = sorted(tagging, key=lambda s: "ec2:CreateAction" not in str(s))
+        assert at_launch["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
+        # after launch Ray sets only these (ray/autoscaler/_private/updater.py); ray-node-type
+        # and ray-cluster-name cannot be rewritten, so a head cannot be turned into a worker
+        assert after["Condition"] == merged(
+            {"StringEquals": {"aws:ResourceTag/ray-node-type": "worker"}},
+            cluster_scope(stack, "aws:ResourceTag/ray-cluster-name"),
+            {
+                "ForAllValues:StringEquals": {
+                    "aws:TagKeys": [
+                        "ray-node-status",
+                        "ray-runtime-config",
+                        "ray-file-mounts-contents",
+                    ]
+                }
+            },
+        )
+        for statement in tagging:
+            assert resources(statement) == [INSTANCES_ARN]
+
+
+def test_each_allowlisted_cluster_has_a_head_role_of_its_own():
+    # without an allowlist, one head role serves every cluster
+    assert Stack(DEFAULTS).head_roles() == ["RayHeadRole"]
+    stack = Stack(EVERYTHING)
+    assert "RayHeadRole" not in stack.resources
+    roles = {name: stack.resources[name]["Properties"] for name in stack.head_roles()}
+    # the tag the head policy compares with: the principal's own ray-cluster-name
+    tagged = {
+        name: {t["Key"]: t["Value"] for t in props.get("Tags", [])}.get("ray-cluster-name")
+        for name, props in roles.items()
+    }
+    assert tagged == {"RayHeadRoleForrayonaws": "ray-on-aws", "RayHeadRoleForbatch2": "batch-2"}
+    # the same policies on each; every cluster condition in them names the role's own tag
+    assert len({json.dumps(p["ManagedPolicyArns"]) for p in roles.values()}) == 1
+    head_policy = stack.resources["RayHeadAutoscalerPolicy"]["Properties"]["PolicyDocument"]
+    scoped = [
+        value
+        for statement in head_policy["Statement"]
+        for keys in statement.get("Condition", {}).values()
+        for key, value in keys.items()
+        if key.endswith("/ray-cluster-name")
+    ]
+    assert len(scoped) == 3  # launch, retag, terminate
+    assert set(scoped) == {"${aws:PrincipalTag/ray-cluster-name}"}
+    # and each cluster's head instance profile is exported for its cluster-spot.yaml
+    outputs = cfn.deployed(EVERYTHING)["Outputs"]
+    for cluster in ("rayonaws", "batch2"):
+        output = stack.eval(outputs[f"RayHeadInstanceProfileArnFor{cluster}"])
+        assert output["Value"] == f"<RayHeadInstanceProfileFor{cluster}.Arn>"
+        assert stack.resources[f"RayHeadInstanceProfileFor{cluster}"]["Properties"]["Roles"] == [
+            f"<RayHeadRoleFor{cluster}>"
+        ]
+        assert output["Export"]["Name"].endswith(f"-RayHeadInstanceProfileArn-{cluster}")
+    present = {k for k, v in outputs.items() if stack.conditions.get(v.get("Condition", ""), True)}
+    assert "RayHeadInstanceProfileArn" not in present
 
 
 def test_roles_are_passed_only_as_named_and_only_to_their_service(stack):
@@ -507,12 +587,14 @@ def test_ray_workers_may_do_nothing_but_run_the_ssm_agent_and_optional_spilling(
             assert all(a.startswith("s3:") for a in actions(statement))
     role = stack.resources["RayWorkerRole"]["Properties"]
     assert "Policies" not in role
-    assert "ManagedPolicyArns" not in role
+    spilling = ["<RaySpillPolicy>"] if "RaySpillPolicy" in stack.resources else []
+    expected = ["<RaySsmAgentPolicy>", *spilling]
+    assert role["ManagedPolicyArns"] == expected
 
 
 def test_object_spilling_reaches_only_its_prefix_of_the_named_bucket():
     assert "RaySpillPolicy" not in Stack(DEFAULTS).resources
-    statements = Stack(EVERYTHING).role_statements("RayHeadRole")
+    statements = Stack(EVERYTHING).role_statements("RayHeadRoleForrayonaws")
     spill = [s for s in statements if s["_origin"] == "RaySpillPolicy"]
     assert {r for s in spill for r in resources(s)} == {
         "arn:aws:s3:::my-ray-spill/ray-spill/*",
