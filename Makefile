@@ -21,9 +21,9 @@ replay: $(STAMP)
 
 ## The whole test suite (what CI runs).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25 -m "not coexistence"
+	$(BIN)/python -m pytest -q --durations=25
 
-## Replacement beside Ray Data's own requester (not yet reliable: see the test's docstring).
+## Only the replacement beside Ray Data's own requester (also in `make test`).
 .PHONY: test-coexistence
 test-coexistence: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m coexistence

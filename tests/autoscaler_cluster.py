@@ -506,6 +506,7 @@ def request_of_the_cluster(cluster: FakeAutoscalingCluster) -> list[dict[str, fl
         dict(item.request.resources_bundle)
         for constraint in state.cluster_resource_constraints
         for item in constraint.resource_requests
+        for _ in range(item.count)  # Ray keeps equal bundles as one item with a count
     ]
 
 

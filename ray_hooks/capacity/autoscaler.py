@@ -21,7 +21,9 @@ made by someone else (a user's own ``request_resources``; Ray Data's and Ray Tra
 ``AutoscalingCoordinator``, which re-sends its own every ~20 s), and the caller says that
 it was replaced. It is not merged in: the autoscaler packs every bundle of a request at
 once, so another requester's bundles for the nodes already there plus the responder's would
-launch those nodes a second time.
+launch those nodes a second time. When that coordinator runs, the demand is also
+registered with it, which then sends it with its other requesters' on every tick
+(``ray_hooks.capacity.coordinator``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ray_hooks import compat
+from ray_hooks.capacity import coordinator
 from ray_hooks.capacity.store import NAMESPACE, RPC_TIMEOUT_S, CapacityUnavailable, Kv
 
 log = logging.getLogger(__name__)
@@ -50,8 +53,12 @@ def autoscaler_v2(gcs: Kv) -> bool:
         raise CapacityUnavailable(f"cannot read the autoscaler version: {exc}") from exc
 
 
-def send(gcs: Kv, demand: Sequence[dict[str, Any]], *, v2: bool) -> None:
-    """Replace the cluster's resource request by `demand` ({resources, label_selector} items)."""
+def send(
+    gcs: Kv, demand: Sequence[dict[str, Any]], *, v2: bool, ttl_s: float = 600.0
+) -> str | None:
+    """Replace the cluster's resource request by `demand` ({resources, label_selector} items),
+    and keep it registered with Ray's AutoscalingCoordinator when one runs (which would
+    otherwise replace it within 20 s). Returns what that registration says, or None."""
     try:
         if v2:
             compat.request_cluster_resources(gcs, demand)
@@ -66,6 +73,7 @@ def send(gcs: Kv, demand: Sequence[dict[str, Any]], *, v2: bool) -> None:
     except Exception as exc:
         raise CapacityUnavailable(f"cannot keep what was sent: {exc}") from exc
     log.info("capacity requested from the autoscaler: %s", json.dumps(list(demand)))
+    return coordinator.keep(gcs, demand, ttl_s=ttl_s)
 
 
 def foreign_request(gcs: Kv, *, v2: bool) -> list[dict[str, float]]:

@@ -165,15 +165,18 @@ def _request(
             outstanding.append(request)
     try:
         others = autoscaler.foreign_request(gcs, v2=shape.autoscaler_v2)
-        autoscaler.send(gcs, demand(shape, outstanding), v2=shape.autoscaler_v2)
+        kept = autoscaler.send(gcs, demand(shape, outstanding), v2=shape.autoscaler_v2, ttl_s=ttl_s)
     except CapacityUnavailable as exc:
         return tuple(failed(r, exc) if r.status == REQUESTED else r for r in results)
-    if not others:
+    if kept is not None:  # Ray Data's/Train's coordinator re-sends its requesters' merged
+        said = f"; {kept}"
+    elif others:
+        said = (
+            f"; replaced a resource request of {len(others)} bundle(s) someone else had made "
+            f"(e.g. {json.dumps(others[0])})"
+        )
+    else:
         return tuple(results)
-    said = (
-        f"; replaced a resource request of {len(others)} bundle(s) someone else had made "
-        f"(e.g. {json.dumps(others[0])}; Ray Data/Train re-send theirs every ~20 s)"
-    )
     return tuple(
         replace(r, reason=r.reason + said) if r.status == REQUESTED else r for r in results
     )

@@ -171,7 +171,7 @@ def test_on_autoscaler_v2_a_draining_node_no_longer_counts_toward_the_floor_or_t
     sent: list[Any] = []
 
     monkeypatch.setattr(  # v2's request goes through Ray's SDK: caught here instead
-        autoscaler, "send", lambda _gcs, demand, v2: sent.append((v2, list(demand)))
+        autoscaler, "send", lambda _gcs, demand, v2, ttl_s: sent.append((v2, list(demand)))
     )
     monkeypatch.setattr(autoscaler, "foreign_request", lambda _gcs, v2: [])
 
