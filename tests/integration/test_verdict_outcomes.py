@@ -10,6 +10,7 @@ what Ray's own tables say happened. The test reads Ray's tables itself too.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,6 +46,10 @@ def _cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="spot-outcomes-")
+    # Ray before 2.60 writes the cluster's address file into its default temp dir whatever
+    # temp_dir says, and fails when that directory is not there yet (a fresh machine)
+    address_file = ray._private.utils.get_ray_address_file(None)
+    os.makedirs(os.path.dirname(address_file), exist_ok=True)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "dashboard_port": 0},
