@@ -34,10 +34,9 @@ Every Ray-internal call ray_hooks relies on, and where it exists (read in the wh
   counts, timeout_s=)` from 2.60; `(bundles, counts, timeout_s=)` before it (no label
   selectors: a request then steers by the node type's marker resource only). v1: the
   internal KV key `autoscaler_resource_request`.
-- Ray Data's/Train's `AutoscalingCoordinator` (from 2.5x; not in 2.50): found without a
-  driver by `GlobalStateAccessor.get_actor_table(None, "ALIVE")` (serialized
-  `gcs_pb2.ActorTableData`: `name`, `ray_namespace`); reached through a driver, see
-  `ray_hooks.capacity.coordinator`.
+- Ray Data's/Train's `AutoscalingCoordinator` (in 2.60, not in 2.50): found without a
+  driver in the same actor table (`ActorTableData.name`, `ray_namespace`); reached
+  through a driver, see `ray_hooks.capacity.coordinator`.
 - Token authentication: `ray._private.authentication.authentication_token_setup.
   maybe_enable_token_auth_if_token_available` (2.59+), what `ray start --head` and
   `ray.init()` on a local cluster call: with a token in `RAY_AUTH_TOKEN`,
@@ -48,6 +47,7 @@ Every Ray-internal call ray_hooks relies on, and where it exists (read in the wh
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import re
@@ -438,15 +438,22 @@ def _state_accessor(gcs: Any) -> Any:
     return _accessors[address]
 
 
-def named_actor_alive(gcs: Any, name: str, namespace: str) -> bool:
+def actor_table(gcs: Any, timeout: float, state: str | None = None) -> Mapping[Any, Any]:
+    """The GCS's actors, {ActorID: ActorTableData}, all or those in `state` (e.g. "ALIVE")."""
+
+    async def table() -> Any:  # the call must start inside the loop
+        return await asyncio.wait_for(
+            gcs.async_get_all_actor_info(actor_state_name=state, timeout=timeout), timeout + 1
+        )
+
+    found: Mapping[Any, Any] = asyncio.run(table())
+    return found
+
+
+def named_actor_alive(gcs: Any, name: str, namespace: str, timeout: float = 5.0) -> bool:
     """Whether an actor of that name and namespace is alive (no driver needed)."""
-    table = _state_accessor(gcs).get_actor_table(None, "ALIVE")
-    actor_data = importlib.import_module("ray.core.generated.gcs_pb2").ActorTableData
-    for raw in table:
-        actor = actor_data.FromString(raw)
-        if actor.name == name and actor.ray_namespace == namespace:
-            return True
-    return False
+    actors = actor_table(gcs, timeout, "ALIVE").values()
+    return any(a.name == name and a.ray_namespace == namespace for a in actors)
 
 
 def _deadlines(answer: Any) -> dict[str, int]:

@@ -18,7 +18,6 @@ the objects cannot, each job says so in its reasons and is judged at-risk.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import time
@@ -153,7 +152,7 @@ def alive_actors(
     """Actors ALIVE on the nodes; and actors elsewhere whose owner lives on one of the nodes
     (not detached: Ray destroys them with their owner)."""
     try:
-        actors = asyncio.run(_alive_actor_table(gcs))
+        actors = compat.actor_table(gcs, QUERY_TIMEOUT_S, "ALIVE")
     except Exception as exc:  # ray.exceptions.RpcError, TimeoutError
         raise ImpactUnavailable(f"alive actors unknown: {exc}") from exc
     here: ByNodeAndJob[ActorSummary] = defaultdict(lambda: defaultdict(list))
@@ -242,13 +241,6 @@ def alive_raylets(gcs: Any) -> tuple[Raylet, ...]:
         )
         for info in infos.values()
         if info.state == alive
-    )
-
-
-async def _alive_actor_table(gcs: Any) -> Any:
-    return await asyncio.wait_for(
-        gcs.async_get_all_actor_info(actor_state_name="ALIVE", timeout=QUERY_TIMEOUT_S),
-        QUERY_TIMEOUT_S + 1,
     )
 
 

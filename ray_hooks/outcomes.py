@@ -21,7 +21,6 @@ record expires). The record is dropped once reported, or after EXPIRE_S.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ray_hooks import compat
 from ray_hooks.cluster import KV_NAMESPACE
 from ray_hooks.contract import LOST, JobImpact, NoticeResult, format_timestamp
 from ray_hooks.nodes import DEAD, RayNode, list_nodes
@@ -143,7 +143,7 @@ class _World:
     @classmethod
     def read(cls, gcs: Any, address: str, job_ids: Iterable[str]) -> _World:
         job_ids = sorted(set(job_ids))
-        actors = asyncio.run(_actor_table(gcs))
+        actors = compat.actor_table(gcs, _RPC_TIMEOUT_S)
         jobs = gcs.get_all_job_info(
             skip_submission_job_info_field=True,
             skip_is_running_tasks_field=True,
@@ -156,13 +156,6 @@ class _World:
                 bytes(job.job_id).hex() for job in jobs.values() if job.is_dead
             ),
         )
-
-
-async def _actor_table(gcs: Any) -> Any:
-    """Every actor the GCS knows, dead ones included (the call must start inside the loop)."""
-    return await asyncio.wait_for(
-        gcs.async_get_all_actor_info(timeout=_RPC_TIMEOUT_S), _RPC_TIMEOUT_S + 1
-    )
 
 
 def _tasks(address: str, job_ids: Sequence[str]) -> dict[str, list[Any]]:

@@ -486,9 +486,11 @@ def replay_warning(
 def send_demand(cluster: FakeAutoscalingCluster, demand: list[dict[str, Any]]) -> None:
     """Replace the cluster's resource request by `demand`, as the responder sends it."""
     from ray_hooks.capacity import autoscaler
+    from ray_hooks.capacity.request import DEFAULT_TTL_S
     from ray_hooks.cluster import connect
 
-    autoscaler.send(connect(cluster.gcs_address), demand, v2=cluster.autoscaler_v2)
+    gcs = connect(cluster.gcs_address)
+    autoscaler.send(gcs, demand, v2=cluster.autoscaler_v2, ttl_s=DEFAULT_TTL_S)
 
 
 def request_of_the_cluster(cluster: FakeAutoscalingCluster) -> list[dict[str, float]]:

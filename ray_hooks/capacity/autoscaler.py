@@ -53,9 +53,7 @@ def autoscaler_v2(gcs: Kv) -> bool:
         raise CapacityUnavailable(f"cannot read the autoscaler version: {exc}") from exc
 
 
-def send(
-    gcs: Kv, demand: Sequence[dict[str, Any]], *, v2: bool, ttl_s: float = 600.0
-) -> str | None:
+def send(gcs: Kv, demand: Sequence[dict[str, Any]], *, v2: bool, ttl_s: float) -> str | None:
     """Replace the cluster's resource request by `demand` ({resources, label_selector} items),
     and keep it registered with Ray's AutoscalingCoordinator when one runs (which would
     otherwise replace it within 20 s). Returns what that registration says, or None."""

@@ -23,8 +23,9 @@ a resource only that node type has, see ``ray_hooks.replacement.steering``), not
 A bundle of a type without a marker is registered whole (there is nothing else to steer by).
 
 Ray-internal calls this rests on (checked on Ray 2.60; Ray 2.50 has no coordinator, and then
-nothing here runs): ``GlobalStateAccessor.get_actor_table(None, "ALIVE")`` and
-``gcs_pb2.ActorTableData`` to find the actor without a driver (``ray_hooks.compat``); the
+nothing here runs): the GCS's actor table (``GcsClient.async_get_all_actor_info``, read
+through ``ray_hooks.compat.actor_table`` as the impact analysis reads it) to find the actor
+without a driver; the
 actor's ``request_resources`` method, a private API of Ray Data. The call needs a driver, so
 it runs in a child process (``python -m ray_hooks.capacity.coordinator``), after the drain and
 the direct request, waited for a few seconds at most.
@@ -99,13 +100,13 @@ def keep(gcs: Any, demand: Sequence[dict[str, Any]], *, ttl_s: float) -> str | N
         )
     except OSError as exc:
         return f"could not register with Ray's AutoscalingCoordinator: {exc}"
-    answer = out.decode(errors="replace").strip().splitlines()
     if child.returncode == 0:
         what = f"{len(items)} marker bundle(s)" if items else "its request withdrawn"
         return (
             f"registered with Ray's AutoscalingCoordinator as {REQUESTER_ID} ({what}): it sends "
             "them with Ray Data's/Train's own on every 20 s tick"
         )
+    answer = out.decode(errors="replace").strip().splitlines()
     return "could not register with Ray's AutoscalingCoordinator: " + (
         answer[-1] if answer else f"exit {child.returncode}"
     )

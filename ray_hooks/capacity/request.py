@@ -126,7 +126,9 @@ def reconcile(gcs: Kv, *, now: datetime | None = None) -> ReconcileResult:
         store = RequestStore(gcs)
         shape = _shape(gcs, max_workers=None)
         outstanding, released = settle(store, shape, now)
-        autoscaler.send(gcs, demand(shape, outstanding), v2=shape.autoscaler_v2)
+        autoscaler.send(
+            gcs, demand(shape, outstanding), v2=shape.autoscaler_v2, ttl_s=DEFAULT_TTL_S
+        )
         pools = store.unavailable_pools(now)
     return ReconcileResult(
         released=tuple(released),
@@ -168,7 +170,7 @@ def _request(
         kept = autoscaler.send(gcs, demand(shape, outstanding), v2=shape.autoscaler_v2, ttl_s=ttl_s)
     except CapacityUnavailable as exc:
         return tuple(failed(r, exc) if r.status == REQUESTED else r for r in results)
-    if kept is not None:  # Ray Data's/Train's coordinator re-sends its requesters' merged
+    if kept is not None:  # the coordinator sends ours with its other requesters'
         said = f"; {kept}"
     elif others:
         said = (
