@@ -66,6 +66,9 @@ ARCH_LABEL = "spot-responder/arch"
 INSTANCE_ID_LABEL = "spot-responder/instance-id"
 SPOT_NOTICE_WINDOW_S = 120  # EC2 terminates a spot instance 2 minutes after the warning
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # keep /dev/shm use small: many clusters share it
+# The autoscaler v1 case of a scenario: `make test` (CI) leaves it to `make test-autoscaler-v1`
+# but for the busy-cluster scenario, which runs both; `ray up` on Ray 2.50+ starts v2.
+V1 = pytest.param("v1", marks=pytest.mark.autoscaler_v1)
 _RAY_BIN = Path(sys.executable).with_name("ray")
 
 

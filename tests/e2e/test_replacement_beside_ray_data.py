@@ -29,6 +29,7 @@ import pytest
 from ray_hooks.replacement import SPOT, X86_64
 from spot_responder.cli.autoscaled import FAST_HEALTH_CHECKS
 from tests.autoscaler_cluster import (
+    V1,
     FakeAutoscalingCluster,
     FakeNode,
     WorkerType,
@@ -51,7 +52,7 @@ JOIN_TIMEOUT_S = 90
 ROWS = 600
 
 
-@pytest.fixture(scope="module", params=["v2"])  # v1 passed too by hand (2026-12-02); CI time
+@pytest.fixture(scope="module", params=["v2", V1])
 def cluster(request: pytest.FixtureRequest) -> Iterator[FakeAutoscalingCluster]:
     with fake_autoscaling_cluster(
         worker_types=WORKER_TYPES,

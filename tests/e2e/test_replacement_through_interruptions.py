@@ -33,6 +33,7 @@ from ray_hooks.replacement import ARM64, ON_DEMAND, SPOT, X86_64
 from spot_responder.cli.autoscaled import FAST_HEALTH_CHECKS
 from tests.autoscaler_cluster import (
     SPOT_NOTICE_WINDOW_S,
+    V1,
     FakeAutoscalingCluster,
     FakeNode,
     WorkerType,
@@ -63,7 +64,7 @@ THIRD_AHEAD_S = 50  # a fake node takes 20-30 s to join on a busy two-core machi
 JOIN_TIMEOUT_S = 90
 
 
-@pytest.fixture(scope="module", params=["v2", "v1"])
+@pytest.fixture(scope="module", params=["v2", V1])
 def cluster(request: pytest.FixtureRequest) -> Iterator[FakeAutoscalingCluster]:
     with fake_autoscaling_cluster(
         worker_types=WORKER_TYPES,
@@ -89,6 +90,7 @@ def test_two_in_a_batch_then_a_third_each_replaced_before_the_kill_never_in_a_hi
         # WHEN A's and B's warnings come in one batch
         batch_at = time.time()
         termination = float(int(batch_at) + BATCH_AHEAD_S)
+        known = {n.node_id for n in cluster.nodes()}  # before the replay: a fast join is no miss
         notices = _replay_warnings(cluster, tmp_path, ledger, termination, (INSTANCE_A, INSTANCE_B))
 
         # THEN B's replacement is asked in the other arm spot pool, A's on demand
@@ -99,7 +101,6 @@ def test_two_in_a_batch_then_a_third_each_replaced_before_the_kill_never_in_a_hi
         assert "x86_spot_worker_2 (at its max_workers 1" in asked[INSTANCE_A]["reason"]
 
         # AND both join before A and B are killed at the termination time
-        known = {n.node_id for n in cluster.nodes()}
         wanted = {"arm_spot_worker_2": 1, "x86_ondemand_worker": 1}
         joined = _wait_for_new(cluster, wanted, known, termination)
         killed_at = _kill_at(
@@ -111,13 +112,13 @@ def test_two_in_a_batch_then_a_third_each_replaced_before_the_kill_never_in_a_hi
         # WHEN a minute after the batch C is warned
         time.sleep(max(0.0, batch_at + THIRD_AFTER_S - time.time()))
         third_termination = float(int(time.time()) + THIRD_AHEAD_S)
+        known = {n.node_id for n in cluster.nodes()}
         (third,) = _replay_warnings(cluster, tmp_path, ledger, third_termination, (INSTANCE_C,))
 
         # THEN its replacement skips A's pool, hit a minute ago and empty again: on demand
         replacement = third["replacement"]
         assert _status_and_type(replacement) == ("requested", "x86_ondemand_worker"), replacement
         assert "skipped x86_spot_worker (" in replacement["reason"], replacement["reason"]
-        known = {n.node_id for n in cluster.nodes()}
         joined_c = _wait_for_new(cluster, {"x86_ondemand_worker": 1}, known, third_termination)
         third_killed_at = _kill_at(cluster, third_termination, before["x86_spot_worker_2"])
         job.stop("x86_spot_worker_2")
