@@ -106,3 +106,12 @@ bench-deadline: $(STAMP)
 .PHONY: bench-verdicts
 bench-verdicts: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_verdicts $(ARGS)
+
+## Benchmark: the seed's job (120 s one-CPU tasks, scaled by a time factor) through a seeded
+## trace of spot interruptions in bursts, some pools out of capacity, on a real autoscaling
+## cluster (v2, fake provider): Ray alone, Ray + `ray drain-node`, with the responder, and the
+## uninterrupted run; work killed, retries, makespan, lead, deficit, cost and a timeline plot
+## (`make bench-goodput ARGS="--seed 2"`; not part of `make test`; ~20 min).
+.PHONY: bench-goodput
+bench-goodput: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_goodput $(ARGS)

@@ -85,12 +85,16 @@ class WorkerType:
     #: An EC2-style id for the `spot-responder/instance-id` label. Labels are per type, so
     #: this names the one node of a type with max_workers 1 (what `ray_hooks` finds it by).
     instance_id: str | None = None
+    #: Autoscaler v2's preference among types that fit (the bundle: spot 20, on-demand 10).
+    priority: int | None = None
 
     def config(self) -> dict[str, Any]:
         labels = {MARKET_LABEL: self.market, NODE_GROUP_LABEL: self.name, ARCH_LABEL: self.arch}
         if self.instance_id is not None:
             labels[INSTANCE_ID_LABEL] = self.instance_id
+        extra = {} if self.priority is None else {"priority": self.priority}
         return {
+            **extra,
             "resources": {
                 "CPU": self.cpus,
                 self.name: 1,
@@ -133,6 +137,8 @@ def autoscaling_config(
     max_workers: int = 3,
     idle_timeout_minutes: float = 5.0,
     autoscaler_v2: bool = True,
+    provider_class: str = FAKE_PROVIDER_CLASS,
+    provider_extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A complete cluster config for the fake provider (all defaults spelled out)."""
     # "external" + the fake provider's class, not type "fake_multinode": Ray 2.60's
@@ -140,7 +146,7 @@ def autoscaling_config(
     # the autoscaler v2 monitor dies on start with FileNotFoundError.
     provider: dict[str, Any] = {
         "type": "external",
-        "module": FAKE_PROVIDER_CLASS,
+        "module": provider_class,
         "gcs_address": gcs_address,
         # What the provider's own example.yaml sets; without them autoscaler v1 sees
         # every fake node as "launch failed" and replaces it in a loop.
@@ -152,6 +158,7 @@ def autoscaling_config(
         # v2 launches through the instance manager; the head must be found by its id.
         provider["launch_multiple"] = True
         provider["head_node_id"] = FAKE_HEAD_NODE_ID
+    provider.update(provider_extra or {})
     node_types: dict[str, Any] = {w.name: w.config() for w in worker_types}
     node_types[HEAD_NODE_TYPE] = {
         "resources": {"CPU": 0},
@@ -207,6 +214,9 @@ class FakeAutoscalingCluster:
     idle_timeout_minutes: float = 5.0
     include_dashboard: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: The node provider's class (importable by the head's autoscaler) and extra settings.
+    provider_class: str = FAKE_PROVIDER_CLASS
+    provider_extra: Mapping[str, Any] = field(default_factory=dict)
 
     temp_dir: str = ""
     gcs_address: str = ""
@@ -245,6 +255,8 @@ class FakeAutoscalingCluster:
             max_workers=self.max_workers,
             idle_timeout_minutes=self.idle_timeout_minutes,
             autoscaler_v2=self.autoscaler_v2,
+            provider_class=self.provider_class,
+            provider_extra=self.provider_extra,
         )
         self.config_path = os.path.join(self.temp_dir, "ray_bootstrap_config.yaml")
         Path(self.config_path).write_text(yaml.safe_dump(config))
