@@ -36,12 +36,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from datetime import UTC, datetime
@@ -56,6 +54,7 @@ from tests.autoscaler_cluster import (
     fake_autoscaling_cluster,
     replay_events,
 )
+from tests.benchmarks import recorded_job
 from tests.benchmarks.report import (
     ROOT,
     machine,
@@ -78,29 +77,20 @@ CPUS_PER_WORKER = 2
 CLUSTER_MAX_WORKERS = 4
 TARGET_CPUS = CLUSTER_MAX_WORKERS * CPUS_PER_WORKER
 SPOT_PRIORITY, ON_DEMAND_PRIORITY = 20, 10  # ray_hooks/bundle/render.py
-WORKER_TYPES = (
-    *(
-        WorkerType(
-            name,
-            "spot",
-            "arm64" if name.startswith("arm") else "x86_64",
-            cpus=CPUS_PER_WORKER,
-            max_workers=2,
-            priority=SPOT_PRIORITY,
-        )
-        for name in SPOT_POOLS
-    ),
-    *(
-        WorkerType(
-            name,
-            "on-demand",
-            "arm64" if name.startswith("arm") else "x86_64",
-            cpus=CPUS_PER_WORKER,
-            max_workers=2,
-            priority=ON_DEMAND_PRIORITY,
-        )
-        for name in ON_DEMAND
-    ),
+WORKER_TYPES = tuple(
+    WorkerType(
+        name,
+        market,
+        "arm64" if name.startswith("arm") else "x86_64",
+        cpus=CPUS_PER_WORKER,
+        max_workers=2,
+        priority=priority,
+    )
+    for names, market, priority in (
+        (SPOT_POOLS, "spot", SPOT_PRIORITY),
+        (ON_DEMAND, "on-demand", ON_DEMAND_PRIORITY),
+    )
+    for name in names
 )
 PROVIDER_CLASS = "tests.capacity_provider.CapacityLimitedProvider"
 MODES = ("uninterrupted", "ray-alone", "drain-node", "responder")
@@ -130,63 +120,6 @@ def price_per_hour(node_type: str) -> float:
 
 
 # ---------------------------------------------------------------- the job (a driver process)
-
-_DRIVER = textwrap.dedent(
-    """
-    import json, sys, time
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    address, head_id, tasks, seconds, out_path = sys.argv[1:6]
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-
-    @ray.remote(num_cpus=0)
-    class Recorder:
-        def __init__(self):
-            self.starts, self.ends = [], []
-
-        def started(self, index, node, at):
-            self.starts.append([index, node, at])
-
-        def ended(self, index, node, started, at):
-            self.ends.append([index, node, started, at])
-
-        def dump(self):
-            return {"starts": self.starts, "ends": self.ends}
-
-    on_head = NodeAffinitySchedulingStrategy(head_id, soft=False)
-    recorder = Recorder.options(scheduling_strategy=on_head).remote()
-    ray.get(recorder.dump.remote())
-
-    @ray.remote(num_cpus=1)  # Ray's default retries (3), as the seed's job
-    def heavy_task(index, seconds, recorder):
-        node = ray.get_runtime_context().get_node_id()
-        started = time.time()
-        recorder.started.remote(index, node, started)
-        time.sleep(seconds)
-        ray.get(recorder.ended.remote(index, node, started, time.time()))
-        return True
-
-    t0 = time.time()
-    refs = {heavy_task.remote(i, float(seconds), recorder): i for i in range(int(tasks))}
-    print("SUBMITTED", t0, flush=True)
-    results = {}
-    while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
-        for ref in done:
-            index = refs.pop(ref)
-            try:
-                ray.get(ref)
-                results[index] = {"ok": True, "at": time.time()}
-            except Exception as exc:
-                results[index] = {"ok": False, "error": type(exc).__name__, "at": time.time()}
-    record = {"t0": t0, "finished": time.time(), "results": results}
-    record.update(ray.get(recorder.dump.remote()))
-    with open(out_path, "w") as out:
-        json.dump(record, out)
-    ray.shutdown()
-    """
-)
 
 
 # ---------------------------------------------------------------- one run
@@ -223,21 +156,11 @@ class _Run:
         head = self._bring_up()
         sampler = threading.Thread(target=self._sample, daemon=True)
         sampler.start()
-        out_path = self.tmp / "job.json"
-        script = self.tmp / "driver.py"
-        script.write_text(_DRIVER)
-        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-        command = [sys.executable, str(script), self.cluster.gcs_address, head]
-        driver = subprocess.Popen(
-            [*command, str(TASKS), str(self.window_s), str(out_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+        tasks = [{"index": i, "seconds": self.window_s, "strict": False} for i in range(TASKS)]
+        driver, out_path = recorded_job.start(self.cluster.gcs_address, head, tasks, self.tmp)
         output: list[str] = []
         try:
-            t0 = _wait_for_submitted(driver, output)
+            t0 = recorded_job.wait_for_submitted(driver, output)
             self.log(f"{self.mode}: job submitted ({TASKS} tasks of {self.window_s:.0f} s)")
             if self.mode != "uninterrupted":
                 self._act_out(t0, driver)
@@ -378,22 +301,9 @@ class _Run:
     def _replay_warning(self, notice: dict[str, Any]) -> str:
         event = load_event("spot-interruption-terminate.json")
         sent = datetime.fromtimestamp(notice["termination"] - SPOT_NOTICE_WINDOW_S, tz=UTC)
-        event["id"] = f"goodput-{notice['instance_id']}"
         event["time"] = sent.strftime("%Y-%m-%dT%H:%M:%SZ")
-        event["detail"]["instance-id"] = notice["instance_id"]
-        event["resources"] = [
-            f"arn:aws:ec2:us-west-2:123456789012:instance/{notice['instance_id']}"
-        ]
-        workdir = self.tmp / event["id"]
-        workdir.mkdir()
-        (answer,) = replay_events(
-            self.cluster,
-            workdir,
-            workdir / "ledger.sqlite3",
-            [event],
-            keep_time=True,
-            safety_margin_s=max(1, round(SAFETY_MARGIN_S / self.factor)),
-        )
+        margin = max(1, round(SAFETY_MARGIN_S / self.factor))
+        answer = self._replay(event, f"goodput-{notice['instance_id']}", notice, margin)
         replacement = answer.get("replacement") or {}
         notice["asked"] = replacement.get("node_type")
         notice["asked_status"] = replacement.get("status")
@@ -402,17 +312,31 @@ class _Run:
 
     def _replay_terminated(self, notice: dict[str, Any]) -> str:
         event = load_event("state-change-terminated.json")
-        event["id"] = f"goodput-gone-{notice['instance_id']}"
+        answer = self._replay(event, f"goodput-gone-{notice['instance_id']}", notice, None)
+        return str(answer.get("action"))
+
+    def _replay(
+        self, event: dict[str, Any], event_id: str, notice: dict[str, Any], margin: int | None
+    ) -> dict[str, Any]:
+        """The event, for the notice's instance, through the handler's code (its own ledger);
+        a `margin` keeps the event's time (the warning), None moves it to now."""
+        event["id"] = event_id
         event["detail"]["instance-id"] = notice["instance_id"]
         event["resources"] = [
             f"arn:aws:ec2:us-west-2:123456789012:instance/{notice['instance_id']}"
         ]
-        workdir = self.tmp / event["id"]
+        workdir = self.tmp / event_id
         workdir.mkdir()
+        extra = {} if margin is None else {"safety_margin_s": margin}
         (answer,) = replay_events(
-            self.cluster, workdir, workdir / "ledger.sqlite3", [event], keep_time=False
+            self.cluster,
+            workdir,
+            workdir / "ledger.sqlite3",
+            [event],
+            keep_time=margin is not None,
+            **extra,
         )
-        return str(answer.get("action"))
+        return dict(answer)
 
     # -- samples ---------------------------------------------------------------
     def _sample(self) -> None:
@@ -473,21 +397,6 @@ def run(mode: str, trace: list[Interruption], factor: float, seed: int, log: Any
             result["nodes"] = _node_table(cluster)
             result["monitor_log_tail"] = cluster.monitor_log(3000)
             return result
-
-
-def _wait_for_submitted(driver: subprocess.Popen[str], output: list[str]) -> float:
-    assert driver.stdout is not None
-    for line in driver.stdout:
-        output.append(line)
-        if line.startswith("SUBMITTED "):
-            threading.Thread(target=_drain, args=(driver, output), daemon=True).start()
-            return float(line.split()[1])
-    raise RuntimeError("the job ended before it submitted its tasks:\n" + "".join(output[-40:]))
-
-
-def _drain(driver: subprocess.Popen[str], output: list[str]) -> None:
-    assert driver.stdout is not None
-    output.extend(driver.stdout)
 
 
 def _sleep_until(at: float) -> None:
@@ -605,14 +514,16 @@ def _cost(nodes: dict[str, dict[str, Any]], t0: float, finished: float, factor: 
 # ---------------------------------------------------------------- report
 
 
+def _against_ray_alone(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Ray alone's summary, the responder's, and the responder's task-seconds killed as a
+    share of Ray alone's."""
+    alone, responder = data["summaries"]["ray-alone"], data["summaries"]["responder"]
+    killed = alone["task_seconds_killed"]
+    return alone, responder, responder["task_seconds_killed"] / killed if killed else 0.0
+
+
 def headline(data: dict[str, Any]) -> str:
-    s = data["summaries"]
-    alone, responder = s["ray-alone"], s["responder"]
-    share = (
-        responder["task_seconds_killed"] / alone["task_seconds_killed"]
-        if alone["task_seconds_killed"]
-        else 0.0
-    )
+    alone, responder, share = _against_ray_alone(data)
     leads = [x for x in responder["leads_s"] if x is not None]
     return (
         f"Through {responder['warned']} spot warnings of one seeded trace, Ray alone lost "
@@ -626,14 +537,8 @@ def headline(data: dict[str, Any]) -> str:
 
 
 def targets(data: dict[str, Any]) -> list[str]:
-    """Issue 14's targets for the responder against Ray alone, each met or missed by how much."""
-    s = data["summaries"]
-    alone, responder = s["ray-alone"], s["responder"]
-    share = (
-        responder["task_seconds_killed"] / alone["task_seconds_killed"]
-        if alone["task_seconds_killed"]
-        else 0.0
-    )
+    """The targets for the responder against Ray alone, each met or missed by how much."""
+    _, responder, share = _against_ray_alone(data)
     in_time = responder["joined_before_kill"] / responder["warned"] if responder["warned"] else 1.0
     rows = [
         ("task-seconds killed <= 5 % of Ray alone's", share <= 0.05, f"{share:.1%}"),
@@ -722,7 +627,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         table(headers, rows),
         "",
-        "## Against issue 14's targets (responder vs Ray alone, same trace)",
+        "## Against the targets (responder vs Ray alone, same trace)",
         "",
         *targets(data),
         "",

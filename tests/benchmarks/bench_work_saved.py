@@ -32,12 +32,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from datetime import datetime
@@ -50,6 +47,7 @@ from tests.autoscaler_cluster import (
     fake_autoscaling_cluster,
     replay_warning,
 )
+from tests.benchmarks import recorded_job
 from tests.benchmarks.report import (
     machine,
     machine_line,
@@ -84,70 +82,6 @@ VARIANTS = ("retries", "strict")
 
 # ---------------------------------------------------------------- the job (a driver process)
 
-_DRIVER = textwrap.dedent(
-    """
-    import json, sys, time
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    address, head_id, plan_path, out_path = sys.argv[1:5]
-    plan = json.loads(open(plan_path).read())
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-
-    @ray.remote(num_cpus=0)
-    class Recorder:
-        def __init__(self):
-            self.starts, self.ends = [], []
-
-        def started(self, index, node, at):
-            self.starts.append([index, node, at])
-
-        def ended(self, index, node, started, at):
-            self.ends.append([index, node, started, at])
-
-        def dump(self):
-            return {"starts": self.starts, "ends": self.ends}
-
-    on_head = NodeAffinitySchedulingStrategy(head_id, soft=False)
-    recorder = Recorder.options(scheduling_strategy=on_head).remote()
-    ray.get(recorder.dump.remote())
-
-    @ray.remote(num_cpus=1)
-    def work(index, seconds, recorder):
-        node = ray.get_runtime_context().get_node_id()
-        started = time.time()
-        recorder.started.remote(index, node, started)
-        time.sleep(seconds)
-        ray.get(recorder.ended.remote(index, node, started, time.time()))
-        return index
-
-    t0 = time.time()
-    refs = {
-        work.options(max_retries=0 if task["strict"] else 3).remote(
-            task["index"], task["seconds"], recorder
-        ): task["index"]
-        for task in plan
-    }
-    print("SUBMITTED", t0, flush=True)
-    results = {}
-    while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
-        for ref in done:
-            index = refs.pop(ref)
-            try:
-                ray.get(ref)
-                results[index] = {"ok": True, "at": time.time()}
-            except Exception as exc:
-                results[index] = {"ok": False, "error": type(exc).__name__, "at": time.time()}
-    finished = time.time()
-    record = {"t0": t0, "finished": finished, "results": results}
-    record.update(ray.get(recorder.dump.remote()))
-    with open(out_path, "w") as out:
-        json.dump(record, out)
-    ray.shutdown()
-    """
-)
-
 
 def plan(seed: int, strict: bool) -> list[dict[str, Any]]:
     """The same durations in every run; `strict`: every task has max_retries=0."""
@@ -181,21 +115,10 @@ def _run_on(
     log(f"{mode}: workers up (doomed {doomed[-5:]}, steady {steady[-5:]}); starting the job")
     sampler = _NodeSampler(cluster)
     sampler.start()
-    plan_path, out_path = tmp / "plan.json", tmp / "job.json"
-    plan_path.write_text(json.dumps(tasks))
-    script = tmp / "driver.py"
-    script.write_text(_DRIVER)
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    driver = subprocess.Popen(
-        [sys.executable, str(script), cluster.gcs_address, head, str(plan_path), str(out_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    driver, out_path = recorded_job.start(cluster.gcs_address, head, tasks, tmp)
     output: list[str] = []
     try:
-        t0 = _wait_for_submitted(driver, output)
+        t0 = recorded_job.wait_for_submitted(driver, output)
         notice_at = t0 + NOTICE_AFTER_S
         termination = float(int(notice_at) + WINDOW_S)
         _sleep_until(notice_at)
@@ -298,21 +221,6 @@ class _NodeSampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=15)
-
-
-def _wait_for_submitted(driver: subprocess.Popen[str], output: list[str]) -> float:
-    assert driver.stdout is not None
-    for line in driver.stdout:
-        output.append(line)
-        if line.startswith("SUBMITTED "):
-            threading.Thread(target=_drain, args=(driver, output), daemon=True).start()
-            return float(line.split()[1])
-    raise RuntimeError("the job ended before it submitted its tasks:\n" + "".join(output[-40:]))
-
-
-def _drain(driver: subprocess.Popen[str], output: list[str]) -> None:
-    assert driver.stdout is not None
-    output.extend(driver.stdout)
 
 
 def _sleep_until(at: float) -> None:
