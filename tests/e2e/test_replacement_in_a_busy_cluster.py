@@ -63,6 +63,7 @@ IDLE_TIMEOUT_MINUTES = 0.5  # 30 s: v1 judges idleness from load reports, late o
 SAFETY_MARGIN_S = 5
 TERMINATION_AHEAD_S = 60  # from the moment the work runs to EC2's termination
 JOIN_TIMEOUT_S = 90
+SETTLED_S = 8  # longer than a v1 update and a fake node's start
 STOP_BEFORE_KILL_S = 1  # the tasks poll their stop file every 0.2 s; the nodes live at the kill
 
 
@@ -86,6 +87,7 @@ def test_in_a_busy_cluster_the_replacement_joins_before_the_kill_and_a_full_type
     before = _bring_up(cluster, BUSY_TYPES)
     with _Job(cluster, before, tmp_path) as job:
         _clear_requests(cluster)
+        _settle(cluster, BUSY_TYPES)
         termination = float(int(time.time()) + TERMINATION_AHEAD_S)
 
         # WHEN both warnings arrive in one batch, EC2 terminating both at `termination`
@@ -164,18 +166,35 @@ def _bring_up(cluster: FakeAutoscalingCluster, types: tuple[str, ...]) -> dict[s
     def up() -> bool:
         return set(types) <= {n.node_type for n in cluster.alive_workers()}
 
-    def one_each() -> bool:
-        counts = Counter(n.node_type for n in cluster.alive_workers())
-        return all(counts[name] == 1 for name in types)
-
     try:
         cluster.wait_for(up, JOIN_TIMEOUT_S, f"nodes of {types}")
-        # v1 may launch one node too many while the others register; the request still
-        # stands, so only that one idles out: the cluster starts as described, one of each
-        cluster.wait_for(one_each, IDLE_TIMEOUT_MINUTES * 60 + 60, "one node of each type")
     except TimeoutError:
         pytest.fail(f"the workers did not come up; autoscaler log:\n{cluster.monitor_log()}")
+    _settle(cluster, types)
     return {n.node_type: n for n in cluster.alive_workers()}
+
+
+def _settle(cluster: FakeAutoscalingCluster, types: tuple[str, ...]) -> None:
+    """Until exactly one node of each type has been alive for SETTLED_S on end.
+
+    v1 judges from load reports that lag: while nodes register, or while the job's tasks are
+    being placed, it may launch one node too many. Only that one is idle, so only it idles
+    out, and the cluster is then as the scenario describes it.
+    """
+    since: list[float] = []
+
+    def settled() -> bool:
+        counts = Counter(n.node_type for n in cluster.alive_workers())
+        if not all(counts[name] == 1 for name in types):
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= SETTLED_S
+
+    try:
+        cluster.wait_for(settled, IDLE_TIMEOUT_MINUTES * 60 + 90, "one node of each type")
+    except TimeoutError:
+        pytest.fail(f"the cluster did not settle; autoscaler log:\n{cluster.monitor_log()}")
 
 
 def _clear_requests(cluster: FakeAutoscalingCluster) -> None:
